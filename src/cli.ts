@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+import { Command, Option } from 'commander';
+import { loadConfig, ConfigError } from './config/load';
+import type { Config } from './config/schema';
+import { createLogger } from './log';
+import { startProxy } from './app';
+import { ExitCode, ProxyError } from './errors';
+import { version } from '../package.json';
+
+/** Options shared by commands that read a config. */
+interface ConfigFlags {
+  config?: string;
+  set?: string[];
+  logLevel?: string;
+}
+
+function readConfig(flags: ConfigFlags): Config {
+  const sets = [...(flags.set ?? [])];
+  if (flags.logLevel) sets.push(`log.level=${flags.logLevel}`);
+  return loadConfig({ file: flags.config ?? process.env['RDS_IAM_PROXY_CONFIG'], sets });
+}
+
+function configOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('-c, --config <file>', 'YAML config file').env('RDS_IAM_PROXY_CONFIG'))
+    .option('--set <path=value>', 'override a config key, e.g. listeners.app.upstream.port=5433 (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option('--log-level <level>', 'override log.level');
+}
+
+async function run(flags: ConfigFlags): Promise<void> {
+  const cfg = readConfig(flags);
+  const format = cfg.log.format === 'auto' ? (process.stdout.isTTY ? 'pretty' : 'json') : cfg.log.format;
+  const log = createLogger({ level: cfg.log.level, format });
+  const app = await startProxy(cfg, { log });
+  let stopping = false;
+  const stop = (signal: string): void => {
+    if (stopping) process.exit(ExitCode.Ok); // a second signal: leave now
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    app.close().then(() => process.exit(ExitCode.Ok));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  log.info({ version, listeners: app.listeners.map((l) => ({ name: l.name, address: l.address() })) }, 'rds-iam-proxy ready');
+}
+
+function fail(err: unknown): never {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`rds-iam-proxy: ${err.message}\n`);
+    process.exit(ExitCode.Config);
+  }
+  if (err instanceof ProxyError) {
+    process.stderr.write(`rds-iam-proxy: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`);
+    process.exit(ExitCode.Failure);
+  }
+  process.stderr.write(`rds-iam-proxy: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(ExitCode.Failure);
+}
+
+const program = new Command()
+  .name('rds-iam-proxy')
+  .description('Local Postgres/MySQL proxy that logs in to Amazon RDS and Aurora with IAM auth tokens')
+  .version(version)
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage));
+
+configOptions(program.command('run').description('start the proxy')).action((flags: ConfigFlags) => run(flags).catch(fail));
+
+configOptions(program.command('check').description('validate the config and exit (0 = valid)')).action((flags: ConfigFlags) => {
+  try {
+    const cfg = readConfig(flags);
+    process.stdout.write(`config OK: ${cfg.listeners.length} listener(s): ${cfg.listeners.map((l) => `${l.name} (${l.engine})`).join(', ')}\n`);
+  } catch (err) {
+    fail(err);
+  }
+});
+
+program.parseAsync(process.argv).catch(fail);

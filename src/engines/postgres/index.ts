@@ -1,0 +1,228 @@
+import type net from 'node:net';
+import type tls from 'node:tls';
+import type { Duplex } from 'node:stream';
+import type { Listener } from '../../config/schema';
+import { listenerRegion, upstreamPort } from '../../config/load';
+import { asProxyError, ErrorCode, ProxyError } from '../../errors';
+import type { Logger } from '../../log';
+import type { Dialer } from '../../net/dial';
+import type { Engine, EngineConnection, HandshakeResult, PhaseTimings, SessionInfo } from '../../proxy/engine';
+import type { TokenRequest, TokenSource } from '../../credentials/tokens';
+import { authenticateClient, LocalUsers, readClientStartup } from './downstream';
+import { connectTls, login, sendCancel, type UpstreamTarget } from './upstream';
+import { errorResponse, fatal, Field } from './wire';
+
+/** SQLSTATE for each proxy error code (https://www.postgresql.org/docs/current/errcodes-appendix.html). */
+export const SQLSTATE: Record<ErrorCode, string> = {
+  [ErrorCode.UpstreamUnreachable]: '08001', // sqlclient_unable_to_establish_sqlconnection
+  [ErrorCode.UpstreamTls]: '08001',
+  [ErrorCode.UpstreamAuth]: '28000', // invalid_authorization_specification (server's own code wins)
+  [ErrorCode.UpstreamProtocol]: '08P01', // protocol_violation
+  [ErrorCode.Credentials]: '28000',
+  [ErrorCode.ClientAuth]: '28P01', // invalid_password
+  [ErrorCode.ClientProtocol]: '08P01',
+  [ErrorCode.HandshakeTimeout]: '08006', // connection_failure
+  [ErrorCode.TooManyConnections]: '53300', // too_many_connections
+  [ErrorCode.Shutdown]: '57P01', // admin_shutdown
+  [ErrorCode.Config]: '08001',
+  [ErrorCode.Internal]: 'XX000', // internal_error
+};
+
+/** Live sessions' cancel keys -> the upstream that issued them. Shared by all Postgres listeners. */
+export class CancelRegistry {
+  private readonly keys = new Map<string, UpstreamTarget>();
+  add(pid: number, key: Buffer, target: UpstreamTarget): () => void {
+    const k = `${pid}:${key.toString('hex')}`;
+    this.keys.set(k, target);
+    return () => this.keys.delete(k);
+  }
+  get(pid: number, key: Buffer): UpstreamTarget | undefined {
+    return this.keys.get(`${pid}:${key.toString('hex')}`);
+  }
+  get size(): number {
+    return this.keys.size;
+  }
+}
+
+/** Everything a Postgres listener needs, resolved once from its config. */
+export interface PostgresEngineOptions {
+  listener: Listener;
+  dialer: Dialer;
+  /** IAM tokens or a static password, per auth.mode. */
+  secrets: TokenSource;
+  upstreamCa: string[];
+  /** Undefined when client.tls is off. */
+  secureContext: tls.SecureContext | undefined;
+  /** Configured local users with their passwords (client.auth: password). */
+  localUsers: { name: string; password: string }[];
+  cancels: CancelRegistry;
+}
+
+/** The Postgres engine for one listener. */
+export class PostgresEngine implements Engine {
+  readonly target: UpstreamTarget;
+  readonly users: LocalUsers;
+
+  constructor(readonly o: PostgresEngineOptions) {
+    const l = o.listener;
+    this.target = {
+      dialer: o.dialer,
+      dial: {
+        host: l.upstream.host,
+        port: upstreamPort(l),
+        connectTimeoutMs: l.upstream.connectTimeoutMs,
+        ...(l.upstream.address ? { address: l.upstream.address } : {}),
+      },
+      tls: { servername: l.upstream.host, ca: o.upstreamCa, minVersion: l.upstream.tls.minVersion },
+    };
+    this.users = new LocalUsers(o.localUsers);
+  }
+
+  accept(client: net.Socket, log: Logger): EngineConnection {
+    return new PostgresConnection(this, client, log);
+  }
+
+  reject(client: net.Socket, err: ProxyError): void {
+    client.on('error', () => undefined);
+    endWith(client, this.errorFor(err));
+  }
+
+  /** The ErrorResponse a client sees for `err`: the server's own fields when it sent them, plus our hint. */
+  errorFor(err: ProxyError): Buffer {
+    if (err.serverError?.fields) {
+      const fields = new Map(err.serverError.fields);
+      if (err.code === ErrorCode.UpstreamAuth) {
+        const hint = this.loginHint();
+        const own = fields.get(Field.Hint);
+        fields.set(Field.Hint, own ? `${own}\n${hint}` : hint);
+      }
+      return errorResponse(fields);
+    }
+    const message = err.code === ErrorCode.Internal ? 'internal error in rds-iam-proxy; see its log' : err.message;
+    return fatal(SQLSTATE[err.code], `rds-iam-proxy: ${message}`, err.hint);
+  }
+
+  private loginHint(): string {
+    const l = this.o.listener;
+    if (l.auth.mode === 'password') return 'rds-iam-proxy logged in with auth.password: check that the secret is current';
+    const region = listenerRegion(l);
+    return (
+      'rds-iam-proxy logged in with an IAM token. Check: the database user has the rds_iam role (GRANT rds_iam TO <user>); ' +
+      `the IAM policy allows rds-db:connect on arn:aws:rds-db:${region}:<ACCOUNT>:dbuser:<DbiResourceId>/<user>; ` +
+      `auth.region (${region}) is the database's region; upstream.host is the endpoint name; this host's clock is correct`
+    );
+  }
+
+  tokenRequest(user: string): TokenRequest {
+    return { host: this.target.dial.host, port: this.target.dial.port, user, region: listenerRegion(this.o.listener) ?? '' };
+  }
+}
+
+class PostgresConnection implements EngineConnection {
+  readonly info: SessionInfo = {};
+  readonly timings: PhaseTimings = {};
+  private down: Duplex;
+  private up: Duplex | undefined;
+  private finished = false;
+
+  constructor(
+    private readonly engine: PostgresEngine,
+    private readonly client: net.Socket,
+    private readonly log: Logger,
+  ) {
+    this.down = client;
+    client.on('error', () => undefined); // errors surface as read failures
+  }
+
+  async run(): Promise<HandshakeResult | null> {
+    try {
+      return await this.handshake();
+    } catch (err) {
+      const e = asProxyError(err);
+      this.abort(e);
+      throw e;
+    }
+  }
+
+  private async handshake(): Promise<HandshakeResult | null> {
+    const e = this.engine;
+    const l = e.o.listener;
+    const t0 = performance.now();
+    const start = await readClientStartup(this.client, e.o.secureContext, (s) => (this.down = s));
+    if (start.kind === 'cancel') {
+      await this.cancel(start.pid, start.key);
+      return null;
+    }
+    const params = new Map(start.params);
+    const user = params.get('user');
+    this.info.user = user;
+    this.info.database = params.get('database') ?? user;
+    this.info.applicationName = params.get('application_name');
+    this.info.clientTls = start.tls;
+    if (!user) throw new ProxyError(ErrorCode.ClientProtocol, 'no user name in the startup packet');
+    if (l.client.auth === 'password') await authenticateClient(start, e.users, l.client.passwordMethod);
+    this.timings.downstreamMs = Math.round((performance.now() - t0) * 100) / 100;
+
+    const upstreamUser = l.upstream.user ?? user;
+    this.info.upstreamUser = upstreamUser;
+    const mapped = start.params.map(([k, v]): [string, string] => [
+      k,
+      k === 'user' ? upstreamUser : k === 'database' && l.upstream.database ? l.upstream.database : v,
+    ]);
+    if (l.upstream.database && !params.has('database')) mapped.push(['database', l.upstream.database]);
+    const secret = e.o.secrets.getToken(e.tokenRequest(upstreamUser));
+    secret.catch(() => undefined); // awaited after TLS; a failure then is reported there
+    const tlsSocket = await connectTls(e.target, this.timings);
+    this.up = tlsSocket;
+    if (this.finished) throw new ProxyError(ErrorCode.HandshakeTimeout, 'aborted');
+    this.info.tlsCipher = tlsSocket.getCipher()?.name;
+    const session = await login(tlsSocket, { version: start.version, params: mapped, user: upstreamUser, secret }, this.timings);
+    if (start.reader.closed) throw new ProxyError(ErrorCode.ClientProtocol, 'client went away during the upstream login');
+    this.down.write(session.relay.length === 1 ? (session.relay[0] as Buffer) : Buffer.concat(session.relay));
+    const forget = session.backendKey ? e.o.cancels.add(session.backendKey.pid, session.backendKey.key, e.target) : undefined;
+    this.finished = true;
+    return {
+      downstream: this.down,
+      upstream: tlsSocket,
+      downstreamLeftover: start.reader.detach(),
+      upstreamLeftover: session.leftover,
+      ...(forget ? { onClose: forget } : {}),
+    };
+  }
+
+  private async cancel(pid: number, key: Buffer): Promise<void> {
+    this.finished = true;
+    this.client.destroy(); // the server never answers a cancel; neither do we
+    const target = this.engine.o.cancels.get(pid, key);
+    if (!target) {
+      this.log.info({ pid }, 'cancel request for an unknown session ignored');
+      return;
+    }
+    try {
+      await sendCancel(target, pid, key);
+      this.log.info({ pid }, 'cancel request forwarded');
+    } catch (err) {
+      this.log.warn({ pid, err: asProxyError(err).message }, 'cancel request could not be forwarded');
+    }
+  }
+
+  abort(err: ProxyError): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.up?.destroy();
+    if (err.code === ErrorCode.UpstreamAuth && err.serverError && this.info.upstreamUser) {
+      this.engine.o.secrets.invalidate(this.engine.tokenRequest(this.info.upstreamUser));
+    }
+    endWith(this.down, this.engine.errorFor(err));
+  }
+}
+
+/** Writes a last message and closes; destroys if the peer does not read it within a second. */
+function endWith(s: Duplex, last: Buffer): void {
+  if (s.destroyed || !s.writable) {
+    s.destroy();
+    return;
+  }
+  s.end(last);
+  setTimeout(() => s.destroy(), 1000).unref();
+}

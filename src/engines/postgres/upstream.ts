@@ -1,0 +1,211 @@
+import type tls from 'node:tls';
+import { type Dialer, type DialTarget, upstreamTls, type UpstreamTlsOptions } from '../../net/dial';
+import { SocketReader } from '../../net/reader';
+import { ErrorCode, ProxyError } from '../../errors';
+import type { PhaseTimings } from '../../proxy/engine';
+import { ScramClient, SCRAM_MECHANISM, md5Response } from './scram';
+import {
+  Backend,
+  buildCancel,
+  buildStartup,
+  Field,
+  MAX_HANDSHAKE_MESSAGE,
+  parseAuth,
+  parseBackendKey,
+  parseErrorFields,
+  passwordMessage,
+  readMessage,
+  saslInitial,
+  saslResponse,
+  sslRequest,
+} from './wire';
+
+/** Where and how to reach the database. */
+export interface UpstreamTarget {
+  dial: DialTarget;
+  tls: UpstreamTlsOptions;
+  dialer: Dialer;
+}
+
+/** A logged-in upstream, stopped right after its first ReadyForQuery. */
+export interface UpstreamSession {
+  /** Verified TLS socket; the caller owns it. */
+  socket: tls.TLSSocket;
+  /** Frames to relay verbatim: NegotiateProtocolVersion, AuthenticationOk .. ReadyForQuery. */
+  relay: Buffer[];
+  /** Bytes read after ReadyForQuery (normally none). */
+  leftover: Buffer;
+  backendKey?: { pid: number; key: Buffer };
+  cipher: string;
+}
+
+/** Byte 'S' / 'N' answers to SSLRequest. */
+const SSL_YES = 0x53;
+const SSL_NO = 0x4e;
+
+/**
+ * Dials, then SSLRequest and verify-full TLS. Exactly one answer byte is read; a server that
+ * says anything but 'S', or sends more bytes before TLS, is refused (CVE-2021-23222 class).
+ * Resolves with the verified TLS socket (owning the raw one).
+ */
+export async function connectTls(t: UpstreamTarget, timings?: PhaseTimings): Promise<tls.TLSSocket> {
+  let t0 = performance.now();
+  const raw = await t.dialer.dial(t.dial);
+  if (timings) timings.upstreamConnectMs = ms(t0);
+  t0 = performance.now();
+  const reader = new SocketReader(raw, 64);
+  try {
+    raw.write(sslRequest());
+    const answer = (await reader.read(1))[0];
+    if (answer !== SSL_YES) {
+      throw new ProxyError(
+        ErrorCode.UpstreamTls,
+        answer === SSL_NO
+          ? `upstream ${t.dial.host} refused TLS (answered 'N' to SSLRequest); IAM authentication requires TLS`
+          : `upstream ${t.dial.host} answered SSLRequest with byte 0x${(answer ?? 0).toString(16)}; is it a PostgreSQL server?`,
+        { hint: 'enable ssl on the server (RDS always has it), and check upstream.host/port point at PostgreSQL' },
+      );
+    }
+    if (reader.available > 0) {
+      throw new ProxyError(ErrorCode.UpstreamProtocol, `upstream ${t.dial.host} sent unencrypted data after its TLS answer; refusing the connection`);
+    }
+  } catch (err) {
+    raw.destroy();
+    if (err instanceof ProxyError) throw err;
+    throw new ProxyError(ErrorCode.UpstreamUnreachable, `upstream ${t.dial.host} closed the connection before TLS: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+  reader.detach();
+  const s = await upstreamTls(raw, t.tls);
+  if (timings) timings.upstreamTlsMs = ms(t0);
+  return s;
+}
+
+export interface LoginOptions {
+  version: number;
+  /** Startup parameters, already mapped (user, database), in the client's order. */
+  params: [string, string][];
+  user: string;
+  /** The secret (token or password); awaited only after TLS is verified. */
+  secret: Promise<string>;
+}
+
+/**
+ * Logs in over an already-verified TLS socket: sends the startup message, answers cleartext,
+ * MD5 or SCRAM-SHA-256 with the secret, and collects what must be relayed to the client.
+ * A server ErrorResponse becomes ProxyError(UpstreamAuth) carrying the server's fields.
+ */
+export async function login(socket: tls.TLSSocket, o: LoginOptions, timings?: PhaseTimings): Promise<UpstreamSession> {
+  const t0 = performance.now();
+  const reader = new SocketReader(socket, MAX_HANDSHAKE_MESSAGE * 2);
+  const relay: Buffer[] = [];
+  let backendKey: UpstreamSession['backendKey'];
+  let authenticated = false;
+  let scram: ScramClient | undefined;
+  let secret: string | undefined;
+  const getSecret = async (): Promise<string> => {
+    if (secret === undefined) {
+      const t1 = performance.now();
+      secret = await o.secret;
+      if (timings) timings.tokenMs = ms(t1);
+    }
+    return secret;
+  };
+  try {
+    socket.write(buildStartup(o.version, o.params));
+    for (;;) {
+      const msg = await readMessage(reader);
+      switch (msg.type) {
+        case Backend.Authentication: {
+          const auth = parseAuth(msg.raw);
+          switch (auth.name) {
+            case 'authenticationOk':
+              authenticated = true;
+              relay.push(msg.raw);
+              break;
+            case 'authenticationCleartextPassword':
+              socket.write(passwordMessage(await getSecret()));
+              break;
+            case 'authenticationMD5Password':
+              socket.write(passwordMessage(md5Response(o.user, await getSecret(), auth.salt)));
+              break;
+            case 'authenticationSASL':
+              if (!auth.mechanisms.includes(SCRAM_MECHANISM)) {
+                throw new ProxyError(ErrorCode.UpstreamProtocol, `upstream offers SASL mechanisms ${auth.mechanisms.join(', ')}; only ${SCRAM_MECHANISM} is supported`);
+              }
+              scram = new ScramClient(await getSecret());
+              socket.write(saslInitial(SCRAM_MECHANISM, scram.first()));
+              break;
+            case 'authenticationSASLContinue':
+              if (!scram) throw new ProxyError(ErrorCode.UpstreamProtocol, 'SASLContinue without SASL');
+              socket.write(saslResponse(scram.final(auth.data)));
+              break;
+            case 'authenticationSASLFinal':
+              if (!scram) throw new ProxyError(ErrorCode.UpstreamProtocol, 'SASLFinal without SASL');
+              scram.verifyFinal(auth.data);
+              break;
+            case 'other':
+              throw new ProxyError(
+                ErrorCode.UpstreamProtocol,
+                `upstream asked for authentication method ${auth.code}, which the proxy does not support (it answers cleartext, MD5 and SCRAM-SHA-256)`,
+                { hint: 'the database user must use IAM (rds_iam) or password authentication' },
+              );
+          }
+          break;
+        }
+        case Backend.ErrorResponse: {
+          const fields = parseErrorFields(msg.body);
+          const sqlState = fields.get(Field.Code);
+          throw new ProxyError(authenticated ? ErrorCode.UpstreamProtocol : ErrorCode.UpstreamAuth, fields.get(Field.Message) ?? 'upstream error', {
+            serverError: { message: fields.get(Field.Message) ?? '', fields, ...(sqlState ? { sqlState } : {}) },
+          });
+        }
+        case Backend.BackendKeyData:
+          backendKey = parseBackendKey(msg.body);
+          relay.push(msg.raw);
+          break;
+        case Backend.ParameterStatus:
+        case Backend.NoticeResponse:
+        case Backend.NegotiateProtocolVersion:
+          relay.push(msg.raw);
+          break;
+        case Backend.ReadyForQuery:
+          if (!authenticated) throw new ProxyError(ErrorCode.UpstreamProtocol, 'upstream sent ReadyForQuery before AuthenticationOk');
+          relay.push(msg.raw);
+          if (timings) timings.upstreamLoginMs = ms(t0);
+          return {
+            socket,
+            relay,
+            leftover: reader.detach(),
+            cipher: socket.getCipher()?.name ?? 'unknown',
+            ...(backendKey ? { backendKey } : {}),
+          };
+        default:
+          throw new ProxyError(ErrorCode.UpstreamProtocol, `unexpected message '${String.fromCharCode(msg.type)}' from upstream during login`);
+      }
+    }
+  } catch (err) {
+    reader.detach();
+    socket.destroy();
+    if (err instanceof ProxyError) throw err;
+    if (err instanceof Error && /SCRAM/.test(err.message)) {
+      throw new ProxyError(ErrorCode.UpstreamAuth, `upstream SCRAM exchange failed: ${err.message}`, { cause: err });
+    }
+    throw new ProxyError(ErrorCode.UpstreamUnreachable, `upstream closed the connection during login: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+/** Forwards a CancelRequest over verified TLS (SSLRequest first), as the server expects. Best effort. */
+export async function sendCancel(t: UpstreamTarget, pid: number, key: Buffer): Promise<void> {
+  const s = await connectTls(t);
+  await new Promise<void>((resolve) => {
+    s.on('error', () => resolve());
+    s.on('close', () => resolve());
+    s.end(buildCancel(pid, key));
+  });
+}
+
+function ms(t0: number): number {
+  return Math.round((performance.now() - t0) * 100) / 100;
+}

