@@ -96,7 +96,8 @@ function crossChecks(cfg: Config): ConfigProblem[] {
     }
     if (bind) {
       const key = bind.kind === 'unix' ? bind.path : `${bind.host}:${bind.port}`;
-      if (binds.has(key)) out.push({ path: `${at}.listen`, message: `${key} is used by another listener` });
+      // Port 0 asks the OS for a free port, so several listeners may use it.
+      if (binds.has(key) && !(bind.kind === 'tcp' && bind.port === 0)) out.push({ path: `${at}.listen`, message: `${key} is used by another listener` });
       binds.add(key);
       if (bind.kind === 'tcp' && !isLoopback(bind.host) && l.client.auth !== 'password') {
         out.push({

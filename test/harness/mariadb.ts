@@ -191,7 +191,11 @@ async function startOnce(opts: RdsLikeOptions, port: number, pluginDir: string):
     const died = new Promise<never>((_, reject) => {
       c.once('exit', async (code, signal) => {
         const log = await fs.readFile(logFile, 'utf8').catch(() => '');
-        reject(new Error(`mariadbd exited (${signal ?? code}) during start-up\n--- error.log ---\n${log.slice(-4000)}`));
+        reject(
+          new Error(
+            `mariadbd exited (${signal ?? code}) during start-up\n--- error.log ---\n${log.slice(-4000)}`,
+          ),
+        );
       });
       c.once('error', reject);
     });
@@ -199,9 +203,13 @@ async function startOnce(opts: RdsLikeOptions, port: number, pluginDir: string):
     await Promise.race([died, waitFor(() => greets(socket), 60_000, 'mariadbd to accept connections')]);
 
     const sqlAdmin = async (sql: string): Promise<string> => {
-      const out = await run('mariadb', ['--no-defaults', '-S', socket, '-u', 'root', '--batch', '--skip-column-names'], {
-        input: sql,
-      });
+      const out = await run(
+        'mariadb',
+        ['--no-defaults', '-S', socket, '-u', 'root', '--batch', '--skip-column-names'],
+        {
+          input: sql,
+        },
+      );
       return out.replace(/\n$/, '');
     };
     const q = (s: string): string => sqlString(s, true);

@@ -31,7 +31,13 @@ export async function ensurePamModule(): Promise<string> {
   const source = await fs.readFile(SOURCE);
   const hash = createHash('sha256').update(source).digest('hex').slice(0, 16);
   const target = path.join(HARNESS_LIB_DIR, `pam_rdsiam-${hash}.so`);
-  if (await fs.stat(target).then(() => true, () => false)) return target;
+  if (
+    await fs.stat(target).then(
+      () => true,
+      () => false,
+    )
+  )
+    return target;
 
   await fs.access(PAM_HEADER).catch(() => {
     throw new Error(`cannot build the PAM module: ${PAM_HEADER} missing; ${HINT}`);
@@ -56,7 +62,8 @@ export async function ensurePamModule(): Promise<string> {
 export async function installPamService(name: string, socketPath: string): Promise<() => Promise<void>> {
   requireRoot('installing a PAM service');
   if (!/^[A-Za-z0-9._-]+$/.test(name)) throw new Error(`bad PAM service name: ${name}`);
-  if (!path.isAbsolute(socketPath) || /\s/.test(socketPath)) throw new Error(`bad socket path: ${socketPath}`);
+  if (!path.isAbsolute(socketPath) || /\s/.test(socketPath))
+    throw new Error(`bad socket path: ${socketPath}`);
   const module = await ensurePamModule();
   const file = path.join('/etc/pam.d', name);
   await fs.writeFile(

@@ -54,14 +54,27 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
   const dataDir = path.join(dir, 'data');
   const socketDir = path.join(dir, 'sock');
   const logFile = path.join(dir, 'postgres.log');
-  for (const [d, mode] of [[dataDir, 0o700], [socketDir, 0o755]] as const) {
+  for (const [d, mode] of [
+    [dataDir, 0o700],
+    [socketDir, 0o755],
+  ] as const) {
     await fs.mkdir(d, { mode });
     await fs.chown(d, ...accountIds('postgres'));
   }
   await fs.writeFile(logFile, '');
   await fs.chown(logFile, ...accountIds('postgres'));
   // initdb (a child process) overlaps with the CPU-bound key generation in prepare().
-  const initdb = asPostgres('initdb', ['-D', dataDir, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--locale=C', '-N']);
+  const initdb = asPostgres('initdb', [
+    '-D',
+    dataDir,
+    '-U',
+    'postgres',
+    '--auth=trust',
+    '-E',
+    'UTF8',
+    '--locale=C',
+    '-N',
+  ]);
   initdb.catch(() => undefined);
   let p: Prepared | undefined;
   let running = false;
@@ -73,7 +86,9 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
     unregister();
     if (running) {
       running = false;
-      await asPostgres('pg_ctl', ['stop', '-D', dataDir, '-m', 'immediate', '-w']).catch(() => killPostmasterSync(dataDir));
+      await asPostgres('pg_ctl', ['stop', '-D', dataDir, '-m', 'immediate', '-w']).catch(() =>
+        killPostmasterSync(dataDir),
+      );
     }
     if (p) {
       await p.removePam();
@@ -121,16 +136,32 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
         '',
       ].join('\n'),
     );
-    await asPostgres('pg_ctl', ['start', '-w', '-t', '60', '-D', dataDir, '-l', logFile]).catch(async (err: Error) => {
-      const log = await fs.readFile(logFile, 'utf8').catch(() => '');
-      throw new Error(`${err.message}\n--- postgres.log ---\n${log.slice(-4000)}`);
-    });
+    await asPostgres('pg_ctl', ['start', '-w', '-t', '60', '-D', dataDir, '-l', logFile]).catch(
+      async (err: Error) => {
+        const log = await fs.readFile(logFile, 'utf8').catch(() => '');
+        throw new Error(`${err.message}\n--- postgres.log ---\n${log.slice(-4000)}`);
+      },
+    );
     running = true;
 
     const psqlAdmin = async (sql: string, db = 'postgres'): Promise<string> => {
       const out = await run(
         'psql',
-        ['-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1', '-h', socketDir, '-p', String(port), '-U', 'postgres', '-d', db],
+        [
+          '-X',
+          '-q',
+          '-At',
+          '-v',
+          'ON_ERROR_STOP=1',
+          '-h',
+          socketDir,
+          '-p',
+          String(port),
+          '-U',
+          'postgres',
+          '-d',
+          db,
+        ],
         { input: sql },
       );
       return out.replace(/\n$/, '');

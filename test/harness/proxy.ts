@@ -15,7 +15,9 @@ import { TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY } from './sign';
 export const LONG_SESSION_TOKEN = 'IQoJb3JpZ2luX2VjE' + 'A'.repeat(1000) + '/test+session=token';
 
 /** Static test credentials (optionally temporary, with a session token and expiry). */
-export function testCredentials(o: { sessionToken?: string; expiration?: Date } = {}): () => Promise<AwsCredentialIdentity> {
+export function testCredentials(
+  o: { sessionToken?: string; expiration?: Date } = {},
+): () => Promise<AwsCredentialIdentity> {
   return async () => ({
     accessKeyId: TEST_ACCESS_KEY_ID,
     secretAccessKey: TEST_SECRET_ACCESS_KEY,
@@ -36,7 +38,10 @@ export interface TestProxy {
 }
 
 /** Starts the proxy with `cfg`; credentials default to LONG_SESSION_TOKEN temporary test keys. */
-export async function startTestProxy(cfg: ConfigInput, o: { minter?: TokenMinter; env?: NodeJS.ProcessEnv } = {}): Promise<TestProxy> {
+export async function startTestProxy(
+  cfg: ConfigInput,
+  o: { minter?: TokenMinter; env?: NodeJS.ProcessEnv } = {},
+): Promise<TestProxy> {
   const logs: string[] = [];
   let partial = '';
   const destination = new Writable({

@@ -67,7 +67,12 @@ export async function makeWorkDir(prefix: string): Promise<string> {
 }
 
 /** Certificates, verifier and PAM service for a server that will listen on `port`. */
-export async function prepare(dir: string, port: number, o: RdsLikeOptions, defaultEndpoint: string): Promise<Prepared> {
+export async function prepare(
+  dir: string,
+  port: number,
+  o: RdsLikeOptions,
+  defaultEndpoint: string,
+): Promise<Prepared> {
   const endpoint = o.endpoint ?? defaultEndpoint;
   const region = o.region ?? DEFAULT_REGION;
   const keys = { ...(o.keys ?? TEST_KEYS) };

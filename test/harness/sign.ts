@@ -22,7 +22,10 @@ export function rfc3986(s: string): string {
 
 /** `YYYYMMDDTHHMMSSZ` in UTC. */
 export function amzDate(d: Date): string {
-  return d.toISOString().replace(/[-:]/g, '').replace(/\.\d{3}/, '');
+  return d
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d{3}/, '');
 }
 
 /** Encoded `k=v` pairs sorted by key then value, joined with '&'. */
@@ -47,16 +50,22 @@ export function presignSignature(o: {
   service: string;
 }): string {
   const day = o.date.slice(0, 8);
-  const canonicalRequest = ['GET', '/', canonicalQuery(o.params), `host:${o.hostPort}\n`, 'host', EMPTY_SHA256].join(
-    '\n',
-  );
+  const canonicalRequest = [
+    'GET',
+    '/',
+    canonicalQuery(o.params),
+    `host:${o.hostPort}\n`,
+    'host',
+    EMPTY_SHA256,
+  ].join('\n');
   const stringToSign = [
     ALGORITHM,
     o.date,
     `${day}/${o.region}/${o.service}/aws4_request`,
     createHash('sha256').update(canonicalRequest).digest('hex'),
   ].join('\n');
-  const hmac = (key: Buffer | string, data: string): Buffer => createHmac('sha256', key).update(data).digest();
+  const hmac = (key: Buffer | string, data: string): Buffer =>
+    createHmac('sha256', key).update(data).digest();
   let key = hmac(`AWS4${o.secret}`, day);
   for (const part of [o.region, o.service, 'aws4_request']) key = hmac(key, part);
   return createHmac('sha256', key).update(stringToSign).digest('hex');

@@ -120,9 +120,12 @@ export function verifyToken(token: string, user: string, o: Omit<VerifierOptions
   if (secret === undefined) return deny(`unknown access key id ${keyId}`);
 
   const unsigned = [...params].filter(([k]) => k !== 'X-Amz-Signature');
-  const expected = Buffer.from(presignSignature({ hostPort, params: unsigned, secret, date, region, service }));
+  const expected = Buffer.from(
+    presignSignature({ hostPort, params: unsigned, secret, date, region, service }),
+  );
   const given = Buffer.from(p('X-Amz-Signature'));
-  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return deny('signature mismatch');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected))
+    return deny('signature mismatch');
 
   if (hostPort !== o.endpoint) return deny(`signed for ${hostPort}, expected ${o.endpoint}`);
   const action = o.action ?? 'connect';
@@ -131,7 +134,8 @@ export function verifyToken(token: string, user: string, o: Omit<VerifierOptions
   const expires = /^\d{1,4}$/.test(p('X-Amz-Expires')) ? Number(p('X-Amz-Expires')) : NaN;
   if (!(expires >= 1 && expires <= MAX_EXPIRES_SECONDS)) return deny(`X-Amz-Expires ${p('X-Amz-Expires')}`);
   const now = (o.now ?? Date.now)();
-  if (now - signedAt > expires * 1000) return deny(`expired ${Math.round((now - signedAt) / 1000)} s after signing`);
+  if (now - signedAt > expires * 1000)
+    return deny(`expired ${Math.round((now - signedAt) / 1000)} s after signing`);
   if (signedAt - now > (o.maxSkewSeconds ?? 60) * 1000) return deny('signed in the future');
   return { ok: true, reason: 'ok' };
 }
@@ -158,7 +162,8 @@ export async function startVerifier(o: VerifierOptions): Promise<Verifier> {
       const nul = request.indexOf(0);
       const user = nul < 0 ? '' : request.subarray(0, nul).toString('utf8');
       const token = nul < 0 ? '' : request.subarray(nul + 1).toString('utf8');
-      const verdict = nul < 0 ? deny('malformed request: no NUL after the user') : verifyToken(token, user, o);
+      const verdict =
+        nul < 0 ? deny('malformed request: no NUL after the user') : verifyToken(token, user, o);
       entries.push({
         at: (o.now ?? Date.now)(),
         user,
