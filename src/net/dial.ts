@@ -99,8 +99,12 @@ export function upstreamTls(socket: net.Socket, o: UpstreamTlsOptions): Promise<
     s.once('secureConnect', () => {
       s.off('error', onError);
       const cert = s.getPeerCertificate();
-      const identity = cert && Object.keys(cert).length > 0 ? tls.checkServerIdentity(o.servername, cert) : new Error('no certificate');
-      const problem = !s.authorized ? String(s.authorizationError) : identity ? identity.message : undefined;
+      const hasCert = cert !== undefined && Object.keys(cert).length > 0;
+      // Node folds a name mismatch into authorizationError; tell chain and name problems apart.
+      const authErr = s.authorizationError ? String((s.authorizationError as { code?: string }).code ?? s.authorizationError) : undefined;
+      const chainProblem = authErr !== undefined && authErr !== 'ERR_TLS_CERT_ALTNAME_INVALID' ? authErr : undefined;
+      const nameProblem = hasCert ? tls.checkServerIdentity(o.servername, cert)?.message : 'no certificate';
+      const problem = chainProblem ?? nameProblem;
       if (problem === undefined) {
         s.on('error', () => undefined); // until the session attaches its own handler
         resolve(s);
@@ -114,7 +118,7 @@ export function upstreamTls(socket: net.Socket, o: UpstreamTlsOptions): Promise<
           ErrorCode.UpstreamTls,
           `upstream certificate for ${o.servername} rejected (${problem}); subject: ${subject}; issuer: ${issuer}`,
           {
-            hint: !s.authorized
+            hint: chainProblem
               ? 'the issuer is not in upstream.tls.ca: use ca: rds for RDS/Aurora, or the PEM bundle of your CA'
               : 'upstream.host must be the endpoint name on the certificate; use upstream.address to dial a different address',
           },

@@ -172,12 +172,16 @@ describe('RDS-like MariaDB', () => {
     });
   });
 
-  it('refuses plaintext connections before any authentication', async () => {
-    const before = db.verifier.entries.length;
-    await expect(whoami('alice', await iamToken(db, 'alice'), null)).rejects.toMatchObject({
-      errno: 999,
+  it('refuses plaintext logins, though only after PAM has seen the token', async () => {
+    // MariaDB enforces REQUIRE SSL / require_secure_transport after the auth exchange, unlike
+    // pg_hba's hostnossl reject: a plaintext client's token does reach the verifier. Proxy tests
+    // must therefore not take "no verifier entry" as proof that a MariaDB upstream leg used TLS.
+    const token = await iamToken(db, 'alice');
+    await expect(whoami('alice', token, null)).rejects.toMatchObject({
+      errno: 1045,
+      message: expect.stringMatching(/^Access denied for user 'alice'/),
     });
-    expect(db.verifier.entries).toHaveLength(before);
+    expect(db.verifier.entries.at(-1)).toMatchObject({ ok: true, tokenLength: token.length });
   });
 
   it('gives the harness root over the unix socket', async () => {

@@ -213,6 +213,7 @@ async function startOnce(opts: RdsLikeOptions, port: number, pluginDir: string):
       return out.replace(/\n$/, '');
     };
     const q = (s: string): string => sqlString(s, true);
+    const pamService = p.pamService;
     const grants = (u: string): string[] =>
       ['appdb', 'otherdb'].map((db) => `GRANT ALL PRIVILEGES ON \`${db}\`.* TO ${q(u)}@'%';`);
     await sqlAdmin(
@@ -220,7 +221,7 @@ async function startOnce(opts: RdsLikeOptions, port: number, pluginDir: string):
         'CREATE DATABASE appdb;',
         'CREATE DATABASE otherdb;',
         ...(opts.users ?? ['alice']).flatMap((u) => [
-          `CREATE USER ${q(u)}@'%' IDENTIFIED VIA pam USING ${q(p.pamService)} REQUIRE SSL;`,
+          `CREATE USER ${q(u)}@'%' IDENTIFIED VIA pam USING ${q(pamService)} REQUIRE SSL;`,
           ...grants(u),
         ]),
         ...Object.entries(opts.passwordUsers ?? {}).flatMap(([u, pw]) => [

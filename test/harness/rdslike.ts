@@ -4,7 +4,7 @@
  * of its own (so a token for one server is refused by another), plus cleanup at process exit in
  * case a test run dies before its afterAll.
  */
-import { promises as fs, rmSync } from 'node:fs';
+import { constants as fsConstants, promises as fs, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createCA, issueCert, type Pem } from '../../src/net/certs';
@@ -59,9 +59,23 @@ export interface Prepared {
   removePam: () => Promise<void>;
 }
 
-/** Temp dir (0755 root, so the database user can reach the verifier socket and certificates) and a CA. */
+/**
+ * Where throwaway servers live: RDSIAM_TEST_TMPDIR, else /dev/shm when usable, else the OS temp
+ * dir. tmpfs matters here: on this VM's disk initdb takes ~1.4 s of system time, on tmpfs ~0.35 s.
+ */
+async function workRoot(): Promise<string> {
+  const env = process.env.RDSIAM_TEST_TMPDIR;
+  if (env) return env;
+  const usable = await fs.access('/dev/shm', fsConstants.W_OK | fsConstants.X_OK).then(
+    () => true,
+    () => false,
+  );
+  return usable ? '/dev/shm' : os.tmpdir();
+}
+
+/** A fresh temp dir, 0755 root so the database user can reach the verifier socket and certificates. */
 export async function makeWorkDir(prefix: string): Promise<string> {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  const dir = await fs.mkdtemp(path.join(await workRoot(), prefix));
   await fs.chmod(dir, 0o755);
   return dir;
 }
