@@ -54,27 +54,19 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
   const dataDir = path.join(dir, 'data');
   const socketDir = path.join(dir, 'sock');
   const logFile = path.join(dir, 'postgres.log');
+  const pgIds = accountIds('postgres');
   for (const [d, mode] of [
     [dataDir, 0o700],
     [socketDir, 0o755],
   ] as const) {
     await fs.mkdir(d, { mode });
-    await fs.chown(d, ...accountIds('postgres'));
+    await fs.chown(d, ...pgIds);
   }
   await fs.writeFile(logFile, '');
-  await fs.chown(logFile, ...accountIds('postgres'));
+  await fs.chown(logFile, ...pgIds);
   // initdb (a child process) overlaps with the CPU-bound key generation in prepare().
-  const initdb = asPostgres('initdb', [
-    '-D',
-    dataDir,
-    '-U',
-    'postgres',
-    '--auth=trust',
-    '-E',
-    'UTF8',
-    '--locale=C',
-    '-N',
-  ]);
+  const initdbArgs = ['-D', dataDir, ...'-U postgres --auth=trust -E UTF8 --locale=C --no-sync'.split(' ')];
+  const initdb = asPostgres('initdb', initdbArgs);
   initdb.catch(() => undefined);
   let p: Prepared | undefined;
   let running = false;
@@ -102,7 +94,7 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
     const keyFile = path.join(dir, 'server.key');
     await fs.writeFile(certFile, p.server.cert, { mode: 0o644 });
     await fs.writeFile(keyFile, p.server.key, { mode: 0o600 });
-    await fs.chown(keyFile, ...accountIds('postgres'));
+    await fs.chown(keyFile, ...pgIds);
     await initdb;
 
     const passwordUsers = Object.keys(opts.passwordUsers ?? {});
@@ -122,7 +114,9 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
         'fsync = off',
         'synchronous_commit = off',
         'full_page_writes = off',
-        `log_connections = on`,
+        'log_connections = on',
+        // Segments live in the data dir, so even a killed server leaves nothing in /dev/shm.
+        'dynamic_shared_memory_type = mmap',
         '',
       ].join('\n'),
     );
@@ -145,25 +139,14 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
     running = true;
 
     const psqlAdmin = async (sql: string, db = 'postgres'): Promise<string> => {
-      const out = await run(
-        'psql',
-        [
-          '-X',
-          '-q',
-          '-At',
-          '-v',
-          'ON_ERROR_STOP=1',
-          '-h',
-          socketDir,
-          '-p',
-          String(port),
-          '-U',
-          'postgres',
-          '-d',
-          db,
-        ],
-        { input: sql },
-      );
+      const args = [
+        ...'-X -q -At -v ON_ERROR_STOP=1 -U postgres'.split(' '),
+        '-h',
+        socketDir,
+        '-p',
+        String(port),
+      ];
+      const out = await run('psql', [...args, '-d', db], { input: sql });
       return out.replace(/\n$/, '');
     };
     const users = opts.users ?? ['alice'];
