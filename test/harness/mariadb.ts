@@ -12,10 +12,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ensureRootDir, HARNESS_LIB_DIR } from './pam';
 import {
-  atExit,
   makeWorkDir,
   prepare,
-  removePreparedSync,
   sqlString,
   type Prepared,
   type RdsLikeOptions,
@@ -101,7 +99,7 @@ export async function startRdsLikeMariaDb(opts: RdsLikeOptions = {}): Promise<Rd
 }
 
 async function startOnce(opts: RdsLikeOptions, port: number, pluginDir: string): Promise<RdsLikeMariaDb> {
-  const dir = await makeWorkDir('rdsiam-my-');
+  const dir = await makeWorkDir('my');
   const dataDir = path.join(dir, 'data');
   const socketDir = path.join(dir, 'run');
   const socket = path.join(socketDir, 'mysqld.sock');
@@ -126,12 +124,7 @@ async function startOnce(opts: RdsLikeOptions, port: number, pluginDir: string):
 
   let p: Prepared | undefined;
   let child: ChildProcess | undefined;
-  const unregister = atExit(() => {
-    child?.kill('SIGKILL');
-    if (p) removePreparedSync(p);
-  });
   const stop = async (): Promise<void> => {
-    unregister();
     if (child && child.exitCode === null && child.signalCode === null) {
       const c = child;
       const exited = new Promise<void>((resolve) => c.once('exit', () => resolve()));

@@ -4,13 +4,16 @@
  * directory would be a local root hole on the test machine.
  */
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { requireRoot, run } from './util';
 
 /** Root of everything the harness installs system-wide; 0755 root:root. */
 export const HARNESS_LIB_DIR = '/usr/local/lib/rds-iam-proxy-test';
-const SOURCE = path.join(__dirname, 'pam', 'pam_rdsiam.c');
+// The C source is not copied by tsc: from dist/test/harness, look in the source tree.
+const SOURCE = [path.join(__dirname, 'pam', 'pam_rdsiam.c'), path.resolve(__dirname, '../../../test/harness/pam/pam_rdsiam.c')].find(
+  (p) => existsSync(p),
+) ?? path.join(__dirname, 'pam', 'pam_rdsiam.c');
 const PAM_HEADER = '/usr/include/security/pam_modules.h';
 const HINT = 'needs root and libpam0g-dev: apt-get install -y libpam0g-dev gcc';
 

@@ -4,13 +4,11 @@
  * Needs root (initdb runs as user postgres; /etc/pam.d is written). See verifier.ts about never
  * blocking the event loop while it runs.
  */
-import { promises as fs, readFileSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import {
-  atExit,
   makeWorkDir,
   prepare,
-  removePreparedSync,
   sqlString,
   type Prepared,
   type RdsLikeOptions,
@@ -50,7 +48,7 @@ export async function startRdsLikePostgres(opts: RdsLikeOptions = {}): Promise<R
 }
 
 async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg> {
-  const dir = await makeWorkDir('rdsiam-pg-');
+  const dir = await makeWorkDir('pg');
   const dataDir = path.join(dir, 'data');
   const socketDir = path.join(dir, 'sock');
   const logFile = path.join(dir, 'postgres.log');
@@ -70,17 +68,10 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
   initdb.catch(() => undefined);
   let p: Prepared | undefined;
   let running = false;
-  const unregister = atExit(() => {
-    if (running) killPostmasterSync(dataDir);
-    if (p) removePreparedSync(p);
-  });
   const stop = async (): Promise<void> => {
-    unregister();
     if (running) {
       running = false;
-      await asPostgres('pg_ctl', ['stop', '-D', dataDir, '-m', 'immediate', '-w']).catch(() =>
-        killPostmasterSync(dataDir),
-      );
+      await asPostgres('pg_ctl', ['stop', '-D', dataDir, '-m', 'immediate', '-w']);
     }
     if (p) {
       await p.removePam();
@@ -181,15 +172,5 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
   } catch (err) {
     await stop().catch(() => undefined);
     throw err;
-  }
-}
-
-/** SIGQUIT (immediate shutdown) to the postmaster named in postmaster.pid; for exit hooks. */
-function killPostmasterSync(dataDir: string): void {
-  try {
-    const pid = Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
-    if (pid > 0) process.kill(pid, 'SIGQUIT');
-  } catch {
-    // not running
   }
 }

@@ -1,10 +1,10 @@
 /**
  * What the RDS-like Postgres and MariaDB servers share: a temp dir, a fresh test CA with a server
  * certificate for the endpoint name, a token verifier bound to `endpoint:port`, and a PAM service
- * of its own (so a token for one server is refused by another), plus cleanup at process exit in
- * case a test run dies before its afterAll.
+ * of its own (so a token for one server is refused by another), and a sweep that removes what a
+ * killed test run left behind.
  */
-import { constants as fsConstants, promises as fs, rmSync } from 'node:fs';
+import { constants as fsConstants, promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createCA, issueCert, type Pem } from '../../src/net/certs';
@@ -73,11 +73,64 @@ async function workRoot(): Promise<string> {
   return usable ? '/dev/shm' : os.tmpdir();
 }
 
-/** A fresh temp dir, 0755 root so the database user can reach the verifier socket and certificates. */
-export async function makeWorkDir(prefix: string): Promise<string> {
-  const dir = await fs.mkdtemp(path.join(await workRoot(), prefix));
+const WORK_PREFIX = 'rdsiam-';
+const OWNER_FILE = 'owner.pid';
+const PAM_SERVICE_FILE = 'pam-service';
+/** Where each kind of server writes its pid, relative to its work dir, and how to stop it hard. */
+const SERVER_PIDS = [
+  { file: 'data/postmaster.pid', name: 'postgres', signal: 'SIGQUIT' },
+  { file: 'run/mariadbd.pid', name: 'mariadbd', signal: 'SIGKILL' },
+] as const;
+
+/**
+ * A fresh temp dir, 0755 root so the database user can reach the verifier socket and
+ * certificates, stamped with this process's pid for `sweepStale`.
+ */
+export async function makeWorkDir(kind: string): Promise<string> {
+  const root = await workRoot();
+  await sweepStale(root);
+  const dir = await fs.mkdtemp(path.join(root, `${WORK_PREFIX}${kind}-`));
   await fs.chmod(dir, 0o755);
+  await fs.writeFile(path.join(dir, OWNER_FILE), String(process.pid));
   return dir;
+}
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
+/**
+ * Removes servers, PAM services and dirs of test processes that died without stop() (a killed
+ * jest worker runs no afterAll and no exit handler). A server's pid is only signalled if
+ * /proc says it still is that server.
+ */
+async function sweepStale(root: string): Promise<void> {
+  const read = (f: string): Promise<string> => fs.readFile(f, 'utf8').catch(() => '');
+  for (const name of await fs.readdir(root).catch(() => [])) {
+    if (!name.startsWith(WORK_PREFIX)) continue;
+    const dir = path.join(root, name);
+    const owner = Number(await read(path.join(dir, OWNER_FILE)));
+    if (!(owner > 0) || alive(owner)) continue;
+    for (const s of SERVER_PIDS) {
+      const pid = Number((await read(path.join(dir, s.file))).split('\n')[0]);
+      if (pid > 0 && (await read(`/proc/${pid}/cmdline`)).includes(s.name)) {
+        try {
+          process.kill(pid, s.signal);
+        } catch {
+          // already gone
+        }
+      }
+    }
+    const service = (await read(path.join(dir, PAM_SERVICE_FILE))).trim();
+    if (/^rdsiam-test-[a-z0-9]+$/.test(service))
+      await fs.rm(path.join('/etc/pam.d', service), { force: true });
+    await fs.rm(dir, { recursive: true, force: true });
+  }
 }
 
 /** Certificates, verifier and PAM service for a server that will listen on `port`. */
@@ -101,6 +154,7 @@ export async function prepare(
     keys,
   });
   const pamService = `rdsiam-test-${uniqueSuffix()}`;
+  await fs.writeFile(path.join(dir, PAM_SERVICE_FILE), pamService);
   let removePam: () => Promise<void>;
   try {
     removePam = await installPamService(pamService, verifier.socketPath);
@@ -109,30 +163,6 @@ export async function prepare(
     throw err;
   }
   return { dir, endpoint, region, keys, ca, caFile, server, pamService, verifier, removePam };
-}
-
-/** Best-effort synchronous cleanups run if the process exits with servers still up. */
-const exitCleanups = new Set<() => void>();
-process.on('exit', () => {
-  for (const fn of exitCleanups) {
-    try {
-      fn();
-    } catch {
-      // exiting anyway
-    }
-  }
-});
-
-/** Registers `fn` to run at process exit; returns the unregister function. */
-export function atExit(fn: () => void): () => void {
-  exitCleanups.add(fn);
-  return () => exitCleanups.delete(fn);
-}
-
-/** Synchronous removal of what `prepare` made (for exit hooks only, where async work cannot run). */
-export function removePreparedSync(p: Prepared): void {
-  rmSync(path.join('/etc/pam.d', p.pamService), { force: true });
-  rmSync(p.dir, { recursive: true, force: true });
 }
 
 /** Quotes a SQL string literal; doubling backslashes too keeps it safe under MariaDB's escapes. */
