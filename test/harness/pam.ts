@@ -11,9 +11,11 @@ import { requireRoot, run } from './util';
 /** Root of everything the harness installs system-wide; 0755 root:root. */
 export const HARNESS_LIB_DIR = '/usr/local/lib/rds-iam-proxy-test';
 // The C source is not copied by tsc: from dist/test/harness, look in the source tree.
-const SOURCE = [path.join(__dirname, 'pam', 'pam_rdsiam.c'), path.resolve(__dirname, '../../../test/harness/pam/pam_rdsiam.c')].find(
-  (p) => existsSync(p),
-) ?? path.join(__dirname, 'pam', 'pam_rdsiam.c');
+const SOURCE =
+  [
+    path.join(__dirname, 'pam', 'pam_rdsiam.c'),
+    path.resolve(__dirname, '../../../test/harness/pam/pam_rdsiam.c'),
+  ].find((p) => existsSync(p)) ?? path.join(__dirname, 'pam', 'pam_rdsiam.c');
 const PAM_HEADER = '/usr/include/security/pam_modules.h';
 const HINT = 'needs root and libpam0g-dev: apt-get install -y libpam0g-dev gcc';
 
