@@ -112,7 +112,7 @@ function crossChecks(cfg: Config): ConfigProblem[] {
     if (l.auth.mode === 'password' && !l.auth.password) {
       out.push({ path: `${at}.auth.password`, message: 'auth.mode: password needs auth.password ({env: NAME} or {file: PATH})' });
     }
-    if (l.auth.mode === 'iam' && !l.auth.region && !regionFromHost(l.upstream.host)) {
+    if (l.auth.mode !== 'password' && !l.auth.region && !cfg.aws.region && !regionFromHost(l.upstream.host)) {
       out.push({
         path: `${at}.auth.region`,
         message: `cannot read a region from "${l.upstream.host}"; set auth.region (e.g. us-east-1)`,
@@ -163,7 +163,7 @@ export function regionFromHost(host: string): string | undefined {
 
 /** The region a listener signs tokens for. */
 export function listenerRegion(l: Listener): string | undefined {
-  return l.auth.region ?? regionFromHost(l.upstream.host);
+  return l.auth.region ?? regionFromHost(l.upstream.host) ?? l.auth.aws?.region;
 }
 
 /** The upstream port with the engine's default. */

@@ -20,6 +20,37 @@ export type SecretRef = z.infer<typeof SecretRef>;
 
 const Engine = z.enum(['postgres', 'mysql']);
 
+/**
+ * Where credentials come from and which AWS endpoints the proxy may call. Signing a token is
+ * local; only these calls leave the host (see README "Air-gapped VPCs").
+ */
+export const AwsSettings = z.strictObject({
+  /** Region for STS calls (and signing when a listener has none). */
+  region: z.string().min(1).optional(),
+  /** Named profile from the shared config/credentials files. */
+  profile: z.string().min(1).optional(),
+  /** Role to assume with the base credentials (cross-account access). */
+  roleArn: z.string().regex(/^arn:aws[a-z-]*:iam::\d{12}:role\/.+$/, 'expected arn:aws:iam::ACCOUNT:role/NAME').optional(),
+  externalId: z.string().min(1).optional(),
+  /** Session name for assume-role, visible in CloudTrail. */
+  roleSessionName: z.string().regex(/^[\w+=,.@-]{2,64}$/).optional(),
+  /** Assumed-role session length, seconds (900..43200). */
+  roleDurationSeconds: z.number().int().min(900).max(43200).optional(),
+  /** STS endpoint URL: regional (https://sts.REGION.amazonaws.com) or a VPC interface endpoint. */
+  stsEndpoint: z.url().optional(),
+  /** IMDS endpoint URL (default http://169.254.169.254). */
+  imdsEndpoint: z.url().optional(),
+  /** Container credentials full URI (ECS / EKS Pod Identity); default from the environment. */
+  containerCredentialsUri: z.url().optional(),
+  /** PEM bundle of CAs for the proxy's HTTPS calls to AWS (TLS-inspecting proxies, private endpoints). */
+  caBundle: z.string().min(1).optional(),
+  /** Use FIPS endpoints for STS. */
+  useFipsEndpoint: z.boolean().optional(),
+  /** Timeout of one credentials-provider HTTP call (IMDS, container), milliseconds. */
+  httpTimeoutMs: z.number().int().positive().optional(),
+});
+export type AwsSettings = z.infer<typeof AwsSettings>;
+
 /** `host:port`, `[v6]:port`, `:port` / bare port (loopback), or an absolute unix socket path. */
 const ListenAddress = z.union([z.string().regex(/^\//, 'a unix socket path must be absolute'), z.string(), z.number()]);
 
@@ -47,12 +78,17 @@ const Upstream = z.strictObject({
 });
 
 const Auth = z.strictObject({
-  /** iam: sign an RDS IAM auth token; password: a static password (RDS Proxy, tests, benchmarks). */
-  mode: z.enum(['iam', 'password']).default('iam'),
+  /**
+   * iam: sign an RDS IAM auth token; dsql: an Aurora DSQL token (DbConnect, or DbConnectAdmin
+   * for the user `admin`); password: a static password (RDS Proxy, tests, benchmarks).
+   */
+  mode: z.enum(['iam', 'dsql', 'password']).default('iam'),
   /** AWS region for signing; read from `*.REGION.rds.amazonaws.com` when omitted. */
   region: z.string().min(1).optional(),
   /** Upstream password for mode: password. */
   password: SecretRef.optional(),
+  /** Per-listener credentials (profile, role, endpoints); merged over the top-level `aws`. */
+  aws: AwsSettings.optional(),
 });
 
 const ClientUser = z.strictObject({
@@ -96,6 +132,10 @@ export const Listener = z.strictObject({
   }),
   /** Time a client has to finish its handshake (local and upstream), milliseconds. */
   handshakeTimeoutMs: z.number().int().positive().default(15_000),
+  /** Close a spliced session after this long with no bytes either way, milliseconds; 0 = never. */
+  idleTimeoutMs: z.number().int().min(0).default(0),
+  /** Open connections this listener accepts; 0 = unlimited. Excess get 53300 / 1040. */
+  maxConnections: z.number().int().min(0).default(0),
 });
 export type Listener = z.infer<typeof Listener>;
 
@@ -114,6 +154,37 @@ export const Config = z.strictObject({
       listen: ListenAddress.optional(),
     })
     .default({}),
+  aws: AwsSettings.default({}),
+  tokens: z
+    .strictObject({
+      /** A cached token is not used within this many seconds of its expiry. */
+      marginSeconds: z.number().int().min(0).max(600).default(60),
+      /** Re-mint in the background this many seconds before expiry (with jitter). */
+      refreshAheadSeconds: z.number().int().min(0).max(840).default(300),
+      /** Warn when the host clock differs from AWS by more than this many seconds. */
+      clockSkewWarnSeconds: z.number().int().positive().default(60),
+    })
+    .default({ marginSeconds: 60, refreshAheadSeconds: 300, clockSkewWarnSeconds: 60 }),
+  shutdown: z
+    .strictObject({
+      /** After SIGTERM keep accepting this long (apps still starting), milliseconds. */
+      minDelayMs: z.number().int().min(0).default(0),
+      /** Then let sessions finish for up to this long before closing them, milliseconds. */
+      maxDelayMs: z.number().int().min(0).default(30_000),
+      /** Exit 143 instead of 0 after a SIGTERM drain. */
+      exitCode143: z.boolean().default(false),
+    })
+    .default({ minDelayMs: 0, maxDelayMs: 30_000, exitCode143: false }),
+  limits: z
+    .strictObject({
+      /** Open connections across all listeners; 0 = unlimited. */
+      maxConnections: z.number().int().min(0).default(0),
+      /** New upstream logins per second across all listeners; 0 = unlimited (AWS advises < 200 with IAM). */
+      loginsPerSecond: z.number().min(0).default(0),
+      /** Connections waiting for a login slot before new ones are refused. */
+      loginQueue: z.number().int().min(0).default(1000),
+    })
+    .default({ maxConnections: 0, loginsPerSecond: 0, loginQueue: 1000 }),
   localTls: z
     .strictObject({
       /** Where the generated local CA certificate is written for `client.tls: auto`. */
