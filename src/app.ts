@@ -3,7 +3,8 @@ import { readSecret } from './config/secrets';
 import type { Logger } from './log';
 import { type Dialer, loadUpstreamCa, tcpDialer } from './net/dial';
 import { LocalTls } from './net/localTls';
-import { IamTokenMinter, StaticPasswordSource, TokenCache, type TokenMinter, type TokenSource } from './credentials/tokens';
+import type { TokenMinter, TokenSource } from './credentials/tokens';
+import { CredentialsHub } from './credentials/hub';
 import { CancelRegistry, PostgresEngine } from './engines/postgres';
 import type { Engine } from './proxy/engine';
 import { ProxyListener } from './proxy/listener';
@@ -27,11 +28,8 @@ export interface ProxyApp {
 }
 
 /** Builds the engine for a listener; throws ProxyError(Config) for unusable settings. */
-function buildEngine(l: Listener, shared: { tokens: TokenSource; localTls: LocalTls; cancels: CancelRegistry; dialer: Dialer; env: NodeJS.ProcessEnv }): Engine {
-  const secrets: TokenSource =
-    l.auth.mode === 'password' && l.auth.password
-      ? new StaticPasswordSource(((ref) => () => readSecret(ref, shared.env))(l.auth.password))
-      : shared.tokens;
+function buildEngine(l: Listener, shared: { credentials: CredentialsHub; localTls: LocalTls; cancels: CancelRegistry; dialer: Dialer; env: NodeJS.ProcessEnv }): Engine {
+  const secrets: TokenSource = shared.credentials.sourceFor(l);
   const localUsers = l.client.users.map((u) => ({ name: u.name, password: readSecret(u.password, shared.env) }));
   const common = {
     listener: l,
@@ -58,7 +56,7 @@ export async function startProxy(cfg: Config, deps: AppDeps): Promise<ProxyApp> 
   const log = deps.log;
   const localTls = new LocalTls(cfg.localTls.caFile);
   const shared = {
-    tokens: new TokenCache(deps.minter ?? new IamTokenMinter()),
+    credentials: new CredentialsHub(cfg, { log, ...(deps.minter ? { minter: deps.minter } : {}), ...(deps.env ? { env: deps.env } : {}) }),
     localTls,
     cancels: new CancelRegistry(),
     dialer: deps.dialer ?? tcpDialer,
@@ -84,6 +82,7 @@ export async function startProxy(cfg: Config, deps: AppDeps): Promise<ProxyApp> 
     async close() {
       await Promise.all(listeners.map((l) => l.stopAccepting()));
       for (const l of listeners) l.closeAll();
+      shared.credentials.close();
     },
   };
 }

@@ -50,8 +50,9 @@ export function createLogger(opts: LogOptions): Logger {
     redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
     serializers: {
       err: (err: unknown) => {
-        const s = pino.stdSerializers.err(err as Error);
-        return { ...s, message: scrubSecrets(s.message), stack: s.stack && scrubSecrets(s.stack) };
+        if (!(err instanceof Error)) return typeof err === 'string' ? scrubSecrets(err) : err;
+        const s = pino.stdSerializers.err(err);
+        return { ...s, message: scrubSecrets(String(s.message)), stack: s.stack && scrubSecrets(s.stack) };
       },
     },
     timestamp: pino.stdTimeFunctions.isoTime,

@@ -72,6 +72,10 @@ export function validateConfig(raw: unknown, problems: ConfigProblem[] = []): Co
   }
   problems.push(...crossChecks(parsed.data));
   if (problems.length > 0) throw new ConfigError(problems);
+  // Resolve the signing region once, so nothing downstream has to repeat the fallbacks.
+  for (const l of parsed.data.listeners) {
+    l.auth.region ??= regionFromHost(l.upstream.host) ?? l.auth.aws?.region ?? parsed.data.aws.region;
+  }
   return parsed.data;
 }
 
@@ -112,7 +116,7 @@ function crossChecks(cfg: Config): ConfigProblem[] {
     if (l.auth.mode === 'password' && !l.auth.password) {
       out.push({ path: `${at}.auth.password`, message: 'auth.mode: password needs auth.password ({env: NAME} or {file: PATH})' });
     }
-    if (l.auth.mode !== 'password' && !l.auth.region && !cfg.aws.region && !regionFromHost(l.upstream.host)) {
+    if (l.auth.mode !== 'password' && !l.auth.region && !l.auth.aws?.region && !cfg.aws.region && !regionFromHost(l.upstream.host)) {
       out.push({
         path: `${at}.auth.region`,
         message: `cannot read a region from "${l.upstream.host}"; set auth.region (e.g. us-east-1)`,

@@ -1,6 +1,8 @@
 import { Signer } from '@aws-sdk/rds-signer';
 import { fromNodeProviderChain } from '@aws-sdk/credential-providers';
-import type { AwsCredentialIdentity, AwsCredentialIdentityProvider } from '@aws-sdk/types';
+import { DsqlSigner } from '@aws-sdk/dsql-signer';
+import type { AwsCredentialIdentity } from '@aws-sdk/types';
+import type { CredentialSource } from './providers';
 import { ErrorCode, ProxyError } from '../errors';
 import { scrubSecrets } from '../log';
 import { type Clock, systemClock } from './clock';
@@ -23,13 +25,19 @@ export interface Token {
 export interface TokenSource {
   /** Resolves with a secret valid for at least the safety margin. Rejects with ProxyError(Credentials). */
   getToken(req: TokenRequest): Promise<string>;
-  /** Forgets any cached secret for `req` (the server refused it). */
+  /**
+   * Forgets any cached secret for `req` (the server refused it); the next mint also refreshes
+   * the credentials behind it.
+   */
   invalidate(req: TokenRequest): void;
+  /** When the secret currently cached for `req` was minted (ms), if it is cached at all. */
+  mintedAt?(req: TokenRequest): number | undefined;
 }
 
 /** Signs new tokens; no caching. */
 export interface TokenMinter {
-  mint(req: TokenRequest): Promise<Token>;
+  /** `forceRefresh`: re-resolve credentials too (a token was refused). */
+  mint(req: TokenRequest, opts?: { forceRefresh?: boolean }): Promise<Token>;
 }
 
 /** IAM auth tokens live 15 minutes (X-Amz-Expires=900). */
@@ -41,30 +49,35 @@ export const TOKEN_LIFETIME_MS = 900_000;
  */
 export class IamTokenMinter implements TokenMinter {
   constructor(
-    private readonly credentials: AwsCredentialIdentityProvider = fromNodeProviderChain(),
+    private readonly credentials: CredentialSource = fromNodeProviderChain(),
     private readonly clock: Clock = systemClock,
+    /** rds (default) signs rds-db:connect; dsql signs DbConnect, or DbConnectAdmin for `admin`. */
+    private readonly flavor: 'rds' | 'dsql' = 'rds',
   ) {}
 
-  async mint(req: TokenRequest): Promise<Token> {
+  async mint(req: TokenRequest, opts: { forceRefresh?: boolean } = {}): Promise<Token> {
     let creds: AwsCredentialIdentity;
     try {
-      creds = await this.credentials();
+      creds = await this.credentials(opts.forceRefresh ? { forceRefresh: true } : undefined);
     } catch (err) {
       throw credentialsError(err);
     }
-    const signer = new Signer({
-      hostname: req.host,
-      port: req.port,
-      username: req.user,
-      region: req.region,
-      credentials: creds,
-    });
-    const value = await signer.getAuthToken();
+    const value = this.flavor === 'dsql' ? await signDsql(req, creds) : await signRds(req, creds);
     const now = this.clock.now();
     // A token dies with the temporary credentials that signed it, even before its 15 minutes.
     const credExpiry = creds.expiration?.getTime() ?? Infinity;
     return { value, expiresAt: Math.min(now + TOKEN_LIFETIME_MS, credExpiry) };
   }
+}
+
+function signRds(req: TokenRequest, credentials: AwsCredentialIdentity): Promise<string> {
+  return new Signer({ hostname: req.host, port: req.port, username: req.user, region: req.region, credentials }).getAuthToken();
+}
+
+/** Aurora DSQL: the built-in `admin` role needs DbConnectAdmin; every other role DbConnect. */
+function signDsql(req: TokenRequest, credentials: AwsCredentialIdentity): Promise<string> {
+  const signer = new DsqlSigner({ hostname: req.host, region: req.region, credentials });
+  return req.user === 'admin' ? signer.getDbConnectAdminAuthToken() : signer.getDbConnectAuthToken();
 }
 
 /** Maps an SDK credential failure to an error that names the source and the fix. */
@@ -82,52 +95,84 @@ export function credentialsError(err: unknown): ProxyError {
 export interface CacheOptions {
   /** A cached token is not handed out within this many ms of its expiry. */
   marginMs?: number;
-  /** Start a background re-mint this long before expiry, so logins never wait on the provider. */
+  /** Re-mint in the background this long before expiry (minus up to 30 s of jitter). */
   refreshAheadMs?: number;
+  /** Told about every mint and every failed mint (metrics, readiness, logs). */
+  events?: TokenEvents;
+  /** Background timers; injectable so tests with a fake clock can drive them. */
+  timers?: { set(fn: () => void, ms: number): unknown; clear(handle: unknown): void };
+}
+
+export interface TokenEvents {
+  onMint?(req: TokenRequest, token: Token): void;
+  onMintFailure?(req: TokenRequest, err: ProxyError, background: boolean): void;
 }
 
 interface Entry {
   token?: Token;
+  mintedAt?: number;
   inflight?: Promise<Token>;
+  forceRefresh?: boolean;
+  timer?: unknown;
+  failures: number;
+  lastUsed: number;
+  lastError?: ProxyError;
 }
+
+const realTimers = {
+  set: (fn: () => void, ms: number): unknown => setTimeout(fn, ms).unref(),
+  clear: (h: unknown): void => clearTimeout(h as NodeJS.Timeout),
+};
+
+/** Keys unused for this long stop being refreshed in the background. */
+const IDLE_STOP_MS = 3_600_000;
 
 /**
  * Caches a token per (host, port, user, region) until min(15 min, credentials' expiry) minus
- * a margin. Concurrent logins share one mint; near expiry the next caller triggers a background
- * re-mint while the still-valid token keeps serving.
+ * a margin. Concurrent logins share one mint. Once used, a key is re-minted in the background
+ * before expiry (with jitter, and with backoff after failures), so a login never waits on STS
+ * or IMDS while a valid token exists; a failed refresh leaves the valid token serving.
  */
 export class TokenCache implements TokenSource {
   private readonly entries = new Map<string, Entry>();
   private readonly marginMs: number;
   private readonly refreshAheadMs: number;
+  private readonly timers: NonNullable<CacheOptions['timers']>;
 
   constructor(
     private readonly minter: TokenMinter,
     private readonly clock: Clock = systemClock,
-    opts: CacheOptions = {},
+    private readonly opts: CacheOptions = {},
   ) {
     this.marginMs = opts.marginMs ?? 60_000;
     this.refreshAheadMs = opts.refreshAheadMs ?? 300_000;
+    this.timers = opts.timers ?? realTimers;
   }
 
   async getToken(req: TokenRequest): Promise<string> {
-    const key = cacheKey(req);
-    let entry = this.entries.get(key);
-    if (!entry) this.entries.set(key, (entry = {}));
+    const entry = this.entry(req);
     const now = this.clock.now();
+    entry.lastUsed = now;
     const t = entry.token;
     if (t && now < t.expiresAt - this.marginMs) {
       if (now >= t.expiresAt - this.refreshAheadMs && !entry.inflight) {
-        this.start(entry, req).catch(() => undefined); // the old token still serves; next caller retries
+        this.start(entry, req, true).catch(() => undefined); // the old token still serves
       }
       return t.value;
     }
-    return (await (entry.inflight ?? this.start(entry, req))).value;
+    return (await (entry.inflight ?? this.start(entry, req, false))).value;
   }
 
   invalidate(req: TokenRequest): void {
     const entry = this.entries.get(cacheKey(req));
-    if (entry) delete entry.token;
+    if (!entry) return;
+    delete entry.token;
+    delete entry.mintedAt;
+    entry.forceRefresh = true;
+  }
+
+  mintedAt(req: TokenRequest): number | undefined {
+    return this.entries.get(cacheKey(req))?.mintedAt;
   }
 
   /** Expiry (ms) of the cached token for `req`, for metrics and tests. */
@@ -135,20 +180,63 @@ export class TokenCache implements TokenSource {
     return this.entries.get(cacheKey(req))?.token?.expiresAt;
   }
 
-  private start(entry: Entry, req: TokenRequest): Promise<Token> {
-    const p = this.minter.mint(req).then(
+  /** The last mint failure for `req` while no valid token exists (readiness), if any. */
+  lastError(req: TokenRequest): ProxyError | undefined {
+    const e = this.entries.get(cacheKey(req));
+    if (!e?.lastError) return undefined;
+    return e.token && this.clock.now() < e.token.expiresAt - this.marginMs ? undefined : e.lastError;
+  }
+
+  /** Stops background refreshes. */
+  close(): void {
+    for (const e of this.entries.values()) if (e.timer !== undefined) this.timers.clear(e.timer);
+  }
+
+  private entry(req: TokenRequest): Entry {
+    const key = cacheKey(req);
+    let entry = this.entries.get(key);
+    if (!entry) this.entries.set(key, (entry = { failures: 0, lastUsed: this.clock.now() }));
+    return entry;
+  }
+
+  private start(entry: Entry, req: TokenRequest, background: boolean): Promise<Token> {
+    const forceRefresh = entry.forceRefresh === true;
+    entry.forceRefresh = false;
+    const p = this.minter.mint(req, forceRefresh ? { forceRefresh } : {}).then(
       (token) => {
         entry.token = token;
+        entry.mintedAt = this.clock.now();
         entry.inflight = undefined;
+        entry.failures = 0;
+        delete entry.lastError;
+        this.opts.events?.onMint?.(req, token);
+        this.schedule(entry, req, token.expiresAt - this.refreshAheadMs - Math.random() * 30_000);
         return token;
       },
       (err: unknown) => {
+        const e = err instanceof ProxyError ? err : credentialsError(err);
         entry.inflight = undefined;
-        throw err;
+        entry.failures++;
+        entry.lastError = e;
+        if (forceRefresh) entry.forceRefresh = true;
+        this.opts.events?.onMintFailure?.(req, e, background);
+        // Retry with backoff while a valid token still serves, or until someone asks again.
+        if (entry.token) this.schedule(entry, req, this.clock.now() + Math.min(1000 * 2 ** entry.failures, 30_000));
+        throw e;
       },
     );
     entry.inflight = p;
     return p;
+  }
+
+  private schedule(entry: Entry, req: TokenRequest, at: number): void {
+    if (entry.timer !== undefined) this.timers.clear(entry.timer);
+    const delay = Math.max(0, at - this.clock.now());
+    entry.timer = this.timers.set(() => {
+      entry.timer = undefined;
+      if (this.clock.now() - entry.lastUsed > IDLE_STOP_MS || entry.inflight) return;
+      this.start(entry, req, true).catch(() => undefined);
+    }, delay);
   }
 }
 

@@ -9,7 +9,7 @@ import type { Dialer } from '../../net/dial';
 import type { Engine, EngineConnection, HandshakeResult, PhaseTimings, SessionInfo } from '../../proxy/engine';
 import type { TokenRequest, TokenSource } from '../../credentials/tokens';
 import { authenticateClient, LocalUsers, readClientStartup } from './downstream';
-import { connectTls, login, sendCancel, type UpstreamTarget } from './upstream';
+import { connectTls, login, sendCancel, type UpstreamSession, type UpstreamTarget } from './upstream';
 import { errorResponse, fatal, Field } from './wire';
 
 /** SQLSTATE for each proxy error code (https://www.postgresql.org/docs/current/errcodes-appendix.html). */
@@ -170,13 +170,8 @@ class PostgresConnection implements EngineConnection {
       k === 'user' ? upstreamUser : k === 'database' && l.upstream.database ? l.upstream.database : v,
     ]);
     if (l.upstream.database && !params.has('database')) mapped.push(['database', l.upstream.database]);
-    const secret = e.o.secrets.getToken(e.tokenRequest(upstreamUser));
-    secret.catch(() => undefined); // awaited after TLS; a failure then is reported there
-    const tlsSocket = await connectTls(e.target, this.timings);
-    this.up = tlsSocket;
-    if (this.finished) throw new ProxyError(ErrorCode.HandshakeTimeout, 'aborted');
-    this.info.tlsCipher = tlsSocket.getCipher()?.name;
-    const session = await login(tlsSocket, { version: start.version, params: mapped, user: upstreamUser, secret }, this.timings);
+    const session = await this.loginUpstream(start.version, mapped, upstreamUser);
+    const tlsSocket = session.socket;
     if (start.reader.closed) throw new ProxyError(ErrorCode.ClientProtocol, 'client went away during the upstream login');
     this.down.write(session.relay.length === 1 ? (session.relay[0] as Buffer) : Buffer.concat(session.relay));
     const forget = session.backendKey ? e.o.cancels.add(session.backendKey.pid, session.backendKey.key, e.target) : undefined;
@@ -188,6 +183,34 @@ class PostgresConnection implements EngineConnection {
       upstreamLeftover: session.leftover,
       ...(forget ? { onClose: forget } : {}),
     };
+  }
+
+  /**
+   * Connects and logs in upstream. If the server refuses a token that came from the cache (its
+   * credentials may have been revoked or rotated), refreshes credentials, mints a new token and
+   * tries once more before the client hears anything.
+   */
+  private async loginUpstream(version: number, params: [string, string][], user: string): Promise<UpstreamSession> {
+    const e = this.engine;
+    const req = e.tokenRequest(user);
+    for (let attempt = 1; ; attempt++) {
+      const started = Date.now();
+      const secret = e.o.secrets.getToken(req);
+      secret.catch(() => undefined); // awaited after TLS; a failure then is reported there
+      const tlsSocket = await connectTls(e.target, this.timings);
+      this.up = tlsSocket;
+      if (this.finished) throw new ProxyError(ErrorCode.HandshakeTimeout, 'aborted');
+      this.info.tlsCipher = tlsSocket.getCipher()?.name;
+      try {
+        return await login(tlsSocket, { version, params, user, secret }, this.timings);
+      } catch (err) {
+        const minted = e.o.secrets.mintedAt?.(req);
+        const cached = minted !== undefined && minted < started;
+        if (attempt > 1 || !cached || !(err instanceof ProxyError) || err.code !== ErrorCode.UpstreamAuth) throw err;
+        e.o.secrets.invalidate(req);
+        this.log.info({ sqlState: err.serverError?.sqlState }, 'upstream refused a cached token; retrying once with fresh credentials');
+      }
+    }
   }
 
   private async cancel(pid: number, key: Buffer): Promise<void> {

@@ -1,0 +1,98 @@
+import type { Config, Listener } from '../config/schema';
+import { readSecret } from '../config/secrets';
+import type { Logger } from '../log';
+import { type Clock, systemClock } from './clock';
+import { applyAwsEnvironment, buildCredentialSource, settingsKey } from './providers';
+import { ClockSkewMonitor, type SkewSample } from './skew';
+import { IamTokenMinter, StaticPasswordSource, TokenCache, type TokenEvents, type TokenMinter, type TokenSource } from './tokens';
+
+export interface HubOptions {
+  log: Logger;
+  clock?: Clock;
+  env?: NodeJS.ProcessEnv;
+  /** Replaces every IAM minter (tests that fake AWS). */
+  minter?: TokenMinter;
+  events?: TokenEvents;
+  /** Told about each clock-skew estimate (metrics). */
+  onSkew?: (s: SkewSample) => void;
+}
+
+/**
+ * Owns everything credential-shaped for a running proxy: one credential source and token cache
+ * per distinct (mode, aws settings) so listeners with the same identity share tokens, static
+ * passwords, and the clock-skew monitor.
+ */
+export class CredentialsHub {
+  private readonly caches = new Map<string, TokenCache>();
+  readonly skew: ClockSkewMonitor;
+  private readonly stopSkew: () => void;
+  private warnedSkew = false;
+
+  constructor(
+    private readonly cfg: Config,
+    private readonly o: HubOptions,
+  ) {
+    applyAwsEnvironment(cfg.aws, o.env ?? process.env);
+    this.skew = new ClockSkewMonitor(o.clock ?? systemClock, (s) => this.observeSkew(s));
+    this.stopSkew = this.skew.start();
+  }
+
+  /** Merged settings for a listener: top-level `aws` overlaid by `auth.aws`. */
+  awsFor(l: Listener): Config['aws'] {
+    return { ...this.cfg.aws, ...(l.auth.aws ?? {}) };
+  }
+
+  /** The secret source a listener logs in with. */
+  sourceFor(l: Listener): TokenSource {
+    if (l.auth.mode === 'password' && l.auth.password) {
+      const ref = l.auth.password;
+      return new StaticPasswordSource(() => readSecret(ref, this.o.env ?? process.env));
+    }
+    const aws = this.awsFor(l);
+    const flavor = l.auth.mode === 'dsql' ? 'dsql' : 'rds';
+    const key = `${flavor}:${settingsKey(aws)}`;
+    let cache = this.caches.get(key);
+    if (!cache) {
+      const clock = this.o.clock ?? systemClock;
+      const minter = this.o.minter ?? new IamTokenMinter(buildCredentialSource(aws, clock), clock, flavor);
+      cache = new TokenCache(minter, clock, {
+        marginMs: this.cfg.tokens.marginSeconds * 1000,
+        refreshAheadMs: this.cfg.tokens.refreshAheadSeconds * 1000,
+        events: {
+          onMint: (req, token) => this.o.events?.onMint?.(req, token),
+          onMintFailure: (req, err, background) => {
+            this.o.log.warn(
+              { host: req.host, user: req.user, background, error: err.message },
+              background ? 'background token refresh failed; the cached token keeps serving' : 'token mint failed',
+            );
+            this.o.events?.onMintFailure?.(req, err, background);
+          },
+        },
+      });
+      this.caches.set(key, cache);
+    }
+    return cache;
+  }
+
+  close(): void {
+    this.stopSkew();
+    for (const c of this.caches.values()) c.close();
+  }
+
+  private observeSkew(s: SkewSample): void {
+    this.o.onSkew?.(s);
+    const limit = this.cfg.tokens.clockSkewWarnSeconds;
+    if (Math.abs(s.offsetSeconds) > limit) {
+      if (!this.warnedSkew) {
+        this.o.log.warn(
+          { offsetSeconds: s.offsetSeconds, source: s.source },
+          `host clock is ${Math.abs(s.offsetSeconds)} s ${s.offsetSeconds > 0 ? 'ahead of' : 'behind'} AWS (${s.source}); ` +
+            'IAM tokens are signed with the local time and RDS refuses them when it is off by minutes: fix NTP (chrony, Amazon Time Sync 169.254.169.123)',
+        );
+      }
+      this.warnedSkew = true;
+    } else {
+      this.warnedSkew = false;
+    }
+  }
+}
