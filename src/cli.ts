@@ -6,6 +6,8 @@ import { createLogger } from './log';
 import { startProxy } from './app';
 import { ExitCode, ProxyError } from './errors';
 import { version } from '../package.json';
+import { generateToken, type TokenFlags } from './commands/token';
+import { formatReport, runDoctor } from './commands/doctor';
 
 /** Options shared by commands that read a config. */
 interface ConfigFlags {
@@ -73,5 +75,46 @@ configOptions(program.command('check').description('validate the config and exit
     fail(err);
   }
 });
+
+program
+  .command('token')
+  .description('print an IAM auth token (drop-in for `aws rds generate-db-auth-token`); only the token goes to stdout')
+  .requiredOption('--hostname <host>', 'database endpoint name')
+  .requiredOption('--port <port>', 'database port')
+  .requiredOption('--username <user>', 'database user')
+  .option('--region <region>', 'AWS region (default: from the host name, then AWS_REGION)')
+  .option('--profile <name>', 'shared config profile')
+  .option('--role-arn <arn>', 'role to assume first')
+  .option('--external-id <id>', 'external id for --role-arn')
+  .option('--sts-endpoint <url>', 'STS endpoint (VPC interface endpoint)')
+  .option('--dsql', 'an Aurora DSQL token (DbConnect, or DbConnectAdmin for user admin)')
+  .action(async (flags: TokenFlags) => {
+    try {
+      process.stdout.write((await generateToken(flags)) + '\n');
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+configOptions(program.command('doctor').description('check credentials, token, clock, DNS, TCP, TLS and a real login for each listener'))
+  .option('--json', 'machine-readable report')
+  .option('--user <name>', 'database user to log in as when upstream.user is not set')
+  .option('--database <name>', 'database for the test login')
+  .action(async (flags: ConfigFlags & { json?: boolean; user?: string; database?: string }) => {
+    try {
+      const cfg = readConfig(flags);
+      const log = createLogger({ level: 'silent', format: 'json' });
+      const steps = await runDoctor(cfg, { log, ...(flags.user ? { user: flags.user } : {}), ...(flags.database ? { database: flags.database } : {}) });
+      const failed = steps.some((s) => s.status === 'fail');
+      process.stdout.write((flags.json ? JSON.stringify({ ok: !failed, steps }, null, 2) : formatReport(steps)) + '\n');
+      process.exit(failed ? ExitCode.Failure : ExitCode.Ok);
+    } catch (err) {
+      if (flags.json && err instanceof ConfigError) {
+        process.stdout.write(JSON.stringify({ ok: false, steps: [{ listener: '*', step: 'config', status: 'fail', detail: err.message }] }, null, 2) + '\n');
+        process.exit(ExitCode.Config);
+      }
+      fail(err);
+    }
+  });
 
 program.parseAsync(process.argv).catch(fail);

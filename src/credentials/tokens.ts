@@ -1,5 +1,6 @@
 import { Signer } from '@aws-sdk/rds-signer';
 import { fromNodeProviderChain } from '@aws-sdk/credential-providers';
+import { existsSync, readFileSync } from 'node:fs';
 import { DsqlSigner } from '@aws-sdk/dsql-signer';
 import type { AwsCredentialIdentity } from '@aws-sdk/types';
 import type { CredentialSource } from './providers';
@@ -80,16 +81,29 @@ function signDsql(req: TokenRequest, credentials: AwsCredentialIdentity): Promis
   return req.user === 'admin' ? signer.getDbConnectAdminAuthToken() : signer.getDbConnectAuthToken();
 }
 
+/** True inside a container (Docker, Kubernetes, ECS), where IMDSv2 needs a hop limit of 2. */
+function inContainer(): boolean {
+  if (process.env['KUBERNETES_SERVICE_HOST'] || process.env['ECS_CONTAINER_METADATA_URI_V4']) return true;
+  try {
+    return existsSync('/.dockerenv') || /docker|kubepods|containerd/.test(readFileSync('/proc/1/cgroup', 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
 /** Maps an SDK credential failure to an error that names the source and the fix. */
 export function credentialsError(err: unknown): ProxyError {
   const msg = scrubSecrets(err instanceof Error ? err.message : String(err));
-  return new ProxyError(ErrorCode.Credentials, `no AWS credentials to sign an IAM auth token: ${msg}`, {
-    cause: err,
-    hint:
-      'the proxy looks in the environment (AWS_ACCESS_KEY_ID), the shared config/credentials files (AWS_PROFILE), ' +
+  const imdsTimeout = /(timeout|timed out|ETIMEDOUT|EHOSTUNREACH)/i.test(msg) && /(metadata|IMDS|169\.254\.169\.254)/i.test(msg);
+  const hint = imdsTimeout
+    ? inContainer()
+      ? 'IMDS timed out from inside a container: the instance metadata PUT response hop limit must be 2 or more ' +
+        '(aws ec2 modify-instance-metadata-options --instance-id ID --http-put-response-hop-limit 2), or use IRSA / EKS Pod Identity'
+      : 'IMDS timed out: check the instance has an instance profile and that metadata access is enabled (aws.imdsEndpoint for a custom endpoint)'
+    : 'the proxy looks in the environment (AWS_ACCESS_KEY_ID), the shared config/credentials files (AWS_PROFILE), ' +
       'web identity (AWS_WEB_IDENTITY_TOKEN_FILE, IRSA), the container endpoint (ECS, EKS Pod Identity) and IMDSv2; ' +
-      'run `rds-iam-proxy doctor` to see which one fails',
-  });
+      'run `rds-iam-proxy doctor` to see which one fails';
+  return new ProxyError(ErrorCode.Credentials, `no AWS credentials to sign an IAM auth token: ${msg}`, { cause: err, hint });
 }
 
 export interface CacheOptions {

@@ -24,6 +24,8 @@ export interface RdsLikeOptions {
   passwordUsers?: Record<string, string>;
   /** accessKeyId -> secret the verifier accepts. Default TEST_KEYS from sign.ts. */
   keys?: Record<string, string>;
+  /** rds (default) or dsql: which token shape the verifier expects (service dsql, DbConnect[Admin], no port). */
+  tokenKind?: 'rds' | 'dsql';
 }
 
 /** A running RDS-like server. Dial `address:port`, verify TLS against `caPem` for the name `host`. */
@@ -149,9 +151,10 @@ export async function prepare(
   await fs.writeFile(caFile, ca.cert, { mode: 0o644 });
   const verifier = await startVerifier({
     socketPath: path.join(dir, 'verifier.sock'),
-    endpoint: `${endpoint}:${port}`,
+    endpoint: o.tokenKind === 'dsql' ? endpoint : `${endpoint}:${port}`,
     region,
     keys,
+    ...(o.tokenKind === 'dsql' ? { kind: 'dsql' as const, service: 'dsql' } : {}),
   });
   const pamService = `rdsiam-test-${uniqueSuffix()}`;
   await fs.writeFile(path.join(dir, PAM_SERVICE_FILE), pamService);

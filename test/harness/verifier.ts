@@ -28,6 +28,11 @@ export interface VerifierOptions {
   service?: string;
   /** Default 'connect'. */
   action?: string;
+  /**
+   * rds (default): RDS IAM tokens. dsql: Aurora DSQL tokens — no DBUser parameter, the action is
+   * DbConnectAdmin for the user `admin` and DbConnect otherwise, `endpoint` is the host alone.
+   */
+  kind?: 'rds' | 'dsql';
   /** How far X-Amz-Date may lie in the future, seconds. Default 60. */
   maxSkewSeconds?: number;
   /** Milliseconds since the epoch; default Date.now. */
@@ -103,7 +108,8 @@ export function verifyToken(token: string, user: string, o: Omit<VerifierOptions
   if (typeof parsed === 'string') return deny(parsed);
   const { hostPort, params } = parsed;
   const p = (k: (typeof REQUIRED)[number]): string => params.get(k) ?? '';
-  for (const k of REQUIRED) if (!params.has(k)) return deny(`missing ${k}`);
+  const dsql = o.kind === 'dsql';
+  for (const k of REQUIRED) if (!params.has(k) && !(dsql && k === 'DBUser')) return deny(`missing ${k}`);
 
   if (p('X-Amz-Algorithm') !== ALGORITHM) return deny(`algorithm ${p('X-Amz-Algorithm')}`);
   if (p('X-Amz-SignedHeaders') !== 'host') return deny(`signed headers ${p('X-Amz-SignedHeaders')}`);
@@ -128,9 +134,9 @@ export function verifyToken(token: string, user: string, o: Omit<VerifierOptions
     return deny('signature mismatch');
 
   if (hostPort !== o.endpoint) return deny(`signed for ${hostPort}, expected ${o.endpoint}`);
-  const action = o.action ?? 'connect';
+  const action = o.action ?? (dsql ? (user === 'admin' ? 'DbConnectAdmin' : 'DbConnect') : 'connect');
   if (p('Action') !== action) return deny(`action ${p('Action')}, expected ${action}`);
-  if (p('DBUser') !== user) return deny(`DBUser ${p('DBUser')} does not match login user ${user}`);
+  if (!dsql && p('DBUser') !== user) return deny(`DBUser ${p('DBUser')} does not match login user ${user}`);
   const expires = /^\d{1,4}$/.test(p('X-Amz-Expires')) ? Number(p('X-Amz-Expires')) : NaN;
   if (!(expires >= 1 && expires <= MAX_EXPIRES_SECONDS)) return deny(`X-Amz-Expires ${p('X-Amz-Expires')}`);
   const now = (o.now ?? Date.now)();

@@ -1,0 +1,229 @@
+import dns from 'node:dns/promises';
+import net from 'node:net';
+import type tls from 'node:tls';
+import type { Config, Listener } from '../config/schema';
+import { upstreamPort } from '../config/load';
+import { CredentialsHub } from '../credentials/hub';
+import { buildCredentialSource, describeSource } from '../credentials/providers';
+import { credentialsError } from '../credentials/tokens';
+import { readSecret } from '../config/secrets';
+import { asProxyError, ErrorCode, ProxyError } from '../errors';
+import type { Logger } from '../log';
+import { loadUpstreamCa, tcpDialer } from '../net/dial';
+import { connectTls, login } from '../engines/postgres/upstream';
+import { PROTOCOL_3_0 } from '../engines/postgres/wire';
+
+/** One line of the report. */
+export interface DoctorStep {
+  listener: string;
+  step: 'config' | 'credentials' | 'token' | 'clock' | 'dns' | 'tcp' | 'tls' | 'login';
+  status: 'ok' | 'fail' | 'warn' | 'skip';
+  detail: string;
+  /** Likely causes and the fix, on failure. */
+  causes?: string[];
+  fix?: string;
+}
+
+export interface DoctorOptions {
+  /** User to log in as when the listener has no fixed upstream.user. */
+  user?: string;
+  database?: string;
+  log: Logger;
+}
+
+const LOGIN_CAUSES = (l: Listener, user: string): string[] => [
+  l.engine === 'postgres'
+    ? `the database user "${user}" lacks the rds_iam role (GRANT rds_iam TO "${user}")`
+    : `the database user '${user}' was not created WITH AWSAuthenticationPlugin AS 'RDS'`,
+  `the IAM policy lacks rds-db:connect on arn:aws:rds-db:${l.auth.region}:<ACCOUNT>:dbuser:<DbiResourceId>/${user}`,
+  `the region is wrong (signing for ${l.auth.region})`,
+  'the host clock is off (tokens are signed with the local time)',
+  'upstream.host is not the endpoint name the database knows (the token is signed for it)',
+];
+
+/**
+ * Walks every step a login takes, for each listener, and says which one fails and why:
+ * credentials, token, clock skew, DNS, TCP, TLS (chain and name), and a real login.
+ * Returns the steps; the caller prints them and exits 0 only when none failed.
+ */
+export async function runDoctor(cfg: Config, o: DoctorOptions): Promise<DoctorStep[]> {
+  const steps: DoctorStep[] = [];
+  const hub = new CredentialsHub(cfg, { log: o.log });
+  try {
+    for (const l of cfg.listeners) steps.push(...(await checkListener(l, cfg, hub, o)));
+  } finally {
+    hub.close();
+  }
+  return steps;
+}
+
+async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: DoctorOptions): Promise<DoctorStep[]> {
+  const out: DoctorStep[] = [];
+  const add = (s: Omit<DoctorStep, 'listener'>): boolean => {
+    out.push({ listener: l.name, ...s });
+    return s.status !== 'fail';
+  };
+  const host = l.upstream.host;
+  const port = upstreamPort(l);
+  const user = l.upstream.user ?? o.user;
+  add({ step: 'config', status: 'ok', detail: `${l.engine} ${host}:${port}${l.upstream.address ? ` via ${l.upstream.address}` : ''}, auth ${l.auth.mode}` });
+
+  // Credentials and token
+  let secret: string | undefined;
+  if (l.auth.mode === 'password') {
+    try {
+      secret = readSecret(l.auth.password as NonNullable<Listener['auth']['password']>);
+      add({ step: 'credentials', status: 'ok', detail: 'static password readable' });
+    } catch (err) {
+      add({ step: 'credentials', status: 'fail', detail: asProxyError(err).message, fix: 'set the environment variable or file named by auth.password' });
+    }
+  } else {
+    const aws = hub.awsFor(l);
+    try {
+      const creds = await buildCredentialSource(aws)();
+      const exp = creds.expiration ? `, expire ${creds.expiration.toISOString()} (in ${Math.round((creds.expiration.getTime() - Date.now()) / 60000)} min)` : ', no expiry';
+      add({ step: 'credentials', status: 'ok', detail: `from ${describeSource(creds)}${aws.roleArn ? ` assuming ${aws.roleArn}` : ''}${exp}` });
+      const tokenUser = user ?? '(any)';
+      secret = await hub.sourceFor(l).getToken({ host, port, user: user ?? 'doctor', region: l.auth.region ?? '' });
+      add({ step: 'token', status: 'ok', detail: `${l.auth.mode === 'dsql' ? 'DSQL' : 'RDS IAM'} token minted for ${host}:${port} user ${tokenUser}, region ${l.auth.region} (${secret.length} bytes)` });
+    } catch (err) {
+      const e = err instanceof ProxyError ? err : credentialsError(err);
+      add({
+        step: 'credentials',
+        status: 'fail',
+        detail: e.message,
+        causes: [
+          'no credential source is configured on this host (no AWS_ACCESS_KEY_ID, profile, web identity file, container endpoint, or instance role)',
+          'IMDS is unreachable: in a container the IMDSv2 hop limit must be 2 or more (aws ec2 modify-instance-metadata-options --http-put-response-hop-limit 2)',
+          'STS is unreachable: in an air-gapped VPC set aws.stsEndpoint to the STS interface endpoint',
+        ],
+        fix: e.hint ?? 'configure one credential source',
+      });
+    }
+  }
+
+  // Clock skew, from whatever AWS calls were just made
+  const skew = hub.skew.latest();
+  if (skew) {
+    const bad = Math.abs(skew.offsetSeconds) > cfg.tokens.clockSkewWarnSeconds;
+    add({
+      step: 'clock',
+      status: bad ? 'warn' : 'ok',
+      detail: `host clock ${skew.offsetSeconds >= 0 ? '+' : ''}${skew.offsetSeconds} s versus ${skew.source}`,
+      ...(bad ? { causes: ['NTP is not running or not synchronised'], fix: 'enable chrony with the Amazon Time Sync Service (169.254.169.123)' } : {}),
+    });
+  } else {
+    add({ step: 'clock', status: 'skip', detail: 'not measured: no AWS HTTP call was made (credentials came from a file or the environment)' });
+  }
+
+  // DNS
+  const dest = l.upstream.address ?? host;
+  if (net.isIP(dest)) {
+    add({ step: 'dns', status: 'skip', detail: `${dest} is an IP address` });
+  } else {
+    try {
+      const addrs = await dns.lookup(dest, { all: true });
+      add({ step: 'dns', status: 'ok', detail: `${dest} -> ${addrs.map((a) => a.address).join(', ')}` });
+    } catch (err) {
+      add({
+        step: 'dns',
+        status: 'fail',
+        detail: `${dest}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        causes: ['the endpoint name is misspelt', 'the VPC has no DNS resolution for it (private hosted zone, resolver rules)'],
+        fix: 'fix upstream.host, or set upstream.address to the IP to dial (TLS still checks upstream.host)',
+      });
+      return out;
+    }
+  }
+
+  // TCP
+  const dial = { host, port, connectTimeoutMs: l.upstream.connectTimeoutMs, ...(l.upstream.address ? { address: l.upstream.address } : {}) };
+  try {
+    const s = await tcpDialer.dial(dial);
+    s.destroy();
+    add({ step: 'tcp', status: 'ok', detail: `connected to ${dest}:${port}` });
+  } catch (err) {
+    add({
+      step: 'tcp',
+      status: 'fail',
+      detail: asProxyError(err).message,
+      causes: ['the database is stopped or the port is wrong', 'a security group or NACL blocks this host', 'a route or VPC endpoint is missing'],
+      fix: 'allow this host in the database security group on the port, and check upstream.port',
+    });
+    return out;
+  }
+
+  if (l.engine !== 'postgres') {
+    add({ step: 'tls', status: 'skip', detail: `TLS and login checks are not implemented for engine ${l.engine} yet` });
+    return out;
+  }
+
+  // TLS: chain and name
+  let tlsSocket: tls.TLSSocket;
+  try {
+    const target = { dialer: tcpDialer, dial, tls: { servername: host, ca: loadUpstreamCa(l.upstream.tls.ca), minVersion: l.upstream.tls.minVersion } };
+    tlsSocket = await connectTls(target);
+    const c = tlsSocket.getPeerCertificate();
+    add({
+      step: 'tls',
+      status: 'ok',
+      detail: `${tlsSocket.getProtocol()} ${tlsSocket.getCipher()?.name}; subject CN=${c.subject?.CN}; issuer CN=${c.issuer?.CN}; valid until ${c.valid_to}`,
+    });
+  } catch (err) {
+    const e = asProxyError(err);
+    add({
+      step: 'tls',
+      status: 'fail',
+      detail: e.message,
+      causes: ['upstream.tls.ca does not contain the issuer (RDS endpoints need ca: rds)', 'upstream.host is not the name on the certificate (dial another address with upstream.address)'],
+      ...(e.hint ? { fix: e.hint } : {}),
+    });
+    return out;
+  }
+
+  // Login
+  if (!user) {
+    tlsSocket.destroy();
+    add({ step: 'login', status: 'skip', detail: 'no upstream.user in the config; pass --user NAME to try a login' });
+    return out;
+  }
+  if (secret === undefined) {
+    tlsSocket.destroy();
+    add({ step: 'login', status: 'skip', detail: 'no token (see the credentials step)' });
+    return out;
+  }
+  try {
+    const database = l.upstream.database ?? o.database ?? 'postgres';
+    const session = await login(tlsSocket, { version: PROTOCOL_3_0, params: [['user', user], ['database', database]], user, secret: Promise.resolve(secret) });
+    session.socket.destroy();
+    add({ step: 'login', status: 'ok', detail: `logged in as ${user} to ${database}` });
+  } catch (err) {
+    const e = asProxyError(err);
+    const sqlState = e.serverError?.sqlState;
+    if (sqlState === '3D000') {
+      add({ step: 'login', status: 'ok', detail: `authenticated as ${user} (${e.message}; pass --database to pick one)` });
+    } else {
+      add({
+        step: 'login',
+        status: 'fail',
+        detail: `${e.message}${sqlState ? ` (SQLSTATE ${sqlState})` : ''}`,
+        ...(e.code === ErrorCode.UpstreamAuth ? { causes: LOGIN_CAUSES(l, user), fix: 'fix the first cause that applies, then run doctor again' } : {}),
+      });
+    }
+  }
+  return out;
+}
+
+/** Renders the steps for a terminal: one line each, causes and fix indented under failures. */
+export function formatReport(steps: DoctorStep[]): string {
+  const mark = { ok: 'ok  ', fail: 'FAIL', warn: 'WARN', skip: 'skip' } as const;
+  return steps
+    .map((s) => {
+      let line = `[${s.listener}] ${mark[s.status]} ${s.step.padEnd(11)} ${s.detail}`;
+      for (const c of s.causes ?? []) line += `\n        likely cause: ${c}`;
+      if (s.fix) line += `\n        fix: ${s.fix}`;
+      return line;
+    })
+    .join('\n');
+}
+
