@@ -55,8 +55,8 @@ export async function startTestProxy(
   });
   const config = validateConfig({ log: { level: 'trace', format: 'json' }, ...cfg });
   const log = createLogger({ level: config.log.level, format: 'json', destination });
-  const minter = o.minter ?? new IamTokenMinter(testCredentials({ sessionToken: LONG_SESSION_TOKEN }));
-  const app = await startProxy(config, { log, minter, ...(o.env ? { env: o.env } : {}) });
+  const minter = o.realAws ? undefined : (o.minter ?? new IamTokenMinter(testCredentials({ sessionToken: LONG_SESSION_TOKEN })));
+  const app = await startProxy(config, { log, ...(minter ? { minter } : {}), ...(o.env ? { env: o.env } : {}) });
   return {
     app,
     logs,
