@@ -34,6 +34,22 @@ export function scrubSecrets(text: string): string {
   return text.replace(TOKEN_RE, '[REDACTED]');
 }
 
+/** pino's error serializer, with token shapes scrubbed; error-like objects are treated alike. */
+function serializeError(err: unknown): unknown {
+  if (typeof err === 'string') return scrubSecrets(err);
+  if (typeof err !== 'object' || err === null) return err;
+  const e = err as { message?: unknown; stack?: unknown };
+  if (!(err instanceof Error) && typeof e.message !== 'string') return err;
+  const s = err instanceof Error ? pino.stdSerializers.err(err) : { ...(err as Record<string, unknown>) };
+  return {
+    ...s,
+    message: scrubSecrets(String(s['message' as keyof typeof s] ?? '')),
+    ...(typeof s['stack' as keyof typeof s] === 'string'
+      ? { stack: scrubSecrets(s['stack' as keyof typeof s] as string) }
+      : {}),
+  };
+}
+
 export interface LogOptions {
   level: string;
   /** json: one JSON object per line; pretty: human-readable (needs a TTY-minded operator). */
@@ -49,13 +65,23 @@ export function createLogger(opts: LogOptions): Logger {
     base: { pid: process.pid },
     redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
     serializers: {
-      err: (err: unknown) => {
-        if (!(err instanceof Error)) return typeof err === 'string' ? scrubSecrets(err) : err;
-        const s = pino.stdSerializers.err(err);
-        return { ...s, message: scrubSecrets(String(s.message)), stack: s.stack && scrubSecrets(s.stack) };
-      },
+      err: serializeError,
     },
     timestamp: pino.stdTimeFunctions.isoTime,
+    hooks: {
+      // pino copies a logged Error's message into `msg` unserialized; scrub every string argument.
+      logMethod(args, method) {
+        const a = args as unknown[];
+        if (a[0] instanceof Error && a.length === 1) a.splice(0, 1, { err: a[0] }, a[0].message);
+        const first = a[0] as { err?: unknown } | undefined;
+        if (a.length === 1 && typeof first === 'object' && first?.err instanceof Error)
+          a.push(first.err.message);
+        method.apply(
+          this,
+          a.map((x) => (typeof x === 'string' ? scrubSecrets(x) : x)) as Parameters<typeof method>,
+        );
+      },
+    },
   };
   if (opts.format === 'pretty' && !opts.destination) {
     return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } });

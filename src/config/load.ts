@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import YAML from 'yaml';
 import type { ZodError } from 'zod';
-import { Config, type Listener } from './schema';
+import { AwsSettings, Config, Listener } from './schema';
 import { ErrorCode, ProxyError } from '../errors';
 
 /** Prefix of environment overrides: RDS_IAM_PROXY__LISTENERS__APP__UPSTREAM__HOST=... */
@@ -17,7 +17,10 @@ export interface ConfigProblem {
 /** Raised with every problem found, not just the first. */
 export class ConfigError extends ProxyError {
   constructor(readonly problems: ConfigProblem[]) {
-    super(ErrorCode.Config, 'invalid configuration:\n' + problems.map((p) => `  ${p.path}: ${p.message}`).join('\n'));
+    super(
+      ErrorCode.Config,
+      'invalid configuration:\n' + problems.map((p) => `  ${p.path}: ${p.message}`).join('\n'),
+    );
   }
 }
 
@@ -49,7 +52,7 @@ export function loadConfig(opts: LoadOptions): Config {
   const problems: ConfigProblem[] = [];
   for (const [name, value] of Object.entries(opts.env ?? process.env)) {
     if (!name.startsWith(ENV_PREFIX) || value === undefined) continue;
-    const segments = name.slice(ENV_PREFIX.length).split('__').map(snakeToCamel);
+    const segments = name.slice(ENV_PREFIX.length).split('__');
     raw = applyOverride(raw, segments, value, name, problems);
   }
   for (const set of opts.sets ?? []) {
@@ -58,7 +61,13 @@ export function loadConfig(opts: LoadOptions): Config {
       problems.push({ path: set, message: '--set takes path=value' });
       continue;
     }
-    raw = applyOverride(raw, set.slice(0, eq).split('.'), set.slice(eq + 1), `--set ${set.slice(0, eq)}`, problems);
+    raw = applyOverride(
+      raw,
+      set.slice(0, eq).split('.'),
+      set.slice(eq + 1),
+      `--set ${set.slice(0, eq)}`,
+      problems,
+    );
   }
   return validateConfig(raw, problems);
 }
@@ -68,6 +77,11 @@ export function validateConfig(raw: unknown, problems: ConfigProblem[] = []): Co
   const parsed = Config.safeParse(raw);
   if (!parsed.success) {
     problems.push(...zodProblems(parsed.error));
+    // Still run the cross-field rules over the listeners that parse, so one run shows everything.
+    const items = isRecord(raw) && Array.isArray(raw['listeners']) ? raw['listeners'] : [];
+    const listeners = items.map((l) => Listener.safeParse(l)).map((r) => (r.success ? r.data : undefined));
+    const aws = AwsSettings.safeParse(isRecord(raw) ? (raw['aws'] ?? {}) : {});
+    problems.push(...listenerChecks(listeners, aws.success ? aws.data : {}));
     throw new ConfigError(problems);
   }
   problems.push(...crossChecks(parsed.data));
@@ -85,10 +99,25 @@ function zodProblems(err: ZodError): ConfigProblem[] {
 
 /** Rules that span fields; reported together with schema problems. */
 function crossChecks(cfg: Config): ConfigProblem[] {
+  const out = listenerChecks(cfg.listeners, cfg.aws);
+  if (cfg.admin.listen !== undefined) {
+    try {
+      const a = parseListen(cfg.admin.listen);
+      if (a.kind === 'unix') out.push({ path: 'admin.listen', message: 'admin.listen must be host:port' });
+    } catch (err) {
+      out.push({ path: 'admin.listen', message: (err as Error).message });
+    }
+  }
+  return out;
+}
+
+/** Per-listener rules; `undefined` entries (listeners that failed the schema) are skipped but keep their index. */
+function listenerChecks(listeners: (Listener | undefined)[], aws: AwsSettings): ConfigProblem[] {
   const out: ConfigProblem[] = [];
   const names = new Set<string>();
   const binds = new Set<string>();
-  cfg.listeners.forEach((l, i) => {
+  listeners.forEach((l, i) => {
+    if (!l) return;
     const at = `listeners.${i}`;
     if (names.has(l.name)) out.push({ path: `${at}.name`, message: `duplicate listener name "${l.name}"` });
     names.add(l.name);
@@ -101,7 +130,8 @@ function crossChecks(cfg: Config): ConfigProblem[] {
     if (bind) {
       const key = bind.kind === 'unix' ? bind.path : `${bind.host}:${bind.port}`;
       // Port 0 asks the OS for a free port, so several listeners may use it.
-      if (binds.has(key) && !(bind.kind === 'tcp' && bind.port === 0)) out.push({ path: `${at}.listen`, message: `${key} is used by another listener` });
+      if (binds.has(key) && !(bind.kind === 'tcp' && bind.port === 0))
+        out.push({ path: `${at}.listen`, message: `${key} is used by another listener` });
       binds.add(key);
       if (bind.kind === 'tcp' && !isLoopback(bind.host) && l.client.auth !== 'password') {
         out.push({
@@ -114,23 +144,24 @@ function crossChecks(cfg: Config): ConfigProblem[] {
       out.push({ path: `${at}.client.users`, message: 'client.auth: password needs at least one user' });
     }
     if (l.auth.mode === 'password' && !l.auth.password) {
-      out.push({ path: `${at}.auth.password`, message: 'auth.mode: password needs auth.password ({env: NAME} or {file: PATH})' });
+      out.push({
+        path: `${at}.auth.password`,
+        message: 'auth.mode: password needs auth.password ({env: NAME} or {file: PATH})',
+      });
     }
-    if (l.auth.mode !== 'password' && !l.auth.region && !l.auth.aws?.region && !cfg.aws.region && !regionFromHost(l.upstream.host)) {
+    if (
+      l.auth.mode !== 'password' &&
+      !l.auth.region &&
+      !l.auth.aws?.region &&
+      !aws.region &&
+      !regionFromHost(l.upstream.host)
+    ) {
       out.push({
         path: `${at}.auth.region`,
         message: `cannot read a region from "${l.upstream.host}"; set auth.region (e.g. us-east-1)`,
       });
     }
   });
-  if (cfg.admin.listen !== undefined) {
-    try {
-      const a = parseListen(cfg.admin.listen);
-      if (a.kind === 'unix') out.push({ path: 'admin.listen', message: 'admin.listen must be host:port' });
-    } catch (err) {
-      out.push({ path: 'admin.listen', message: (err as Error).message });
-    }
-  }
   return out;
 }
 
@@ -175,7 +206,14 @@ export function upstreamPort(l: Listener): number {
   return l.upstream.port ?? (l.engine === 'postgres' ? 5432 : 3306);
 }
 
+/** Env and flag segments match keys and listener names ignoring case, `_` and `-` (MY_APP = my-app = myApp). */
+function sameKey(key: string, segment: string): boolean {
+  const norm = (x: string): string => x.toLowerCase().replace(/[-_]/g, '');
+  return norm(key) === norm(segment);
+}
+
 function snakeToCamel(s: string): string {
+  if (!s.includes('_') && s !== s.toUpperCase()) return s; // already camelCase (from --set)
   return s.toLowerCase().replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 }
 
@@ -199,22 +237,26 @@ function applyOverride(
   for (let i = 0; i < path.length; i++) {
     const seg = path[i] as string;
     const last = i === path.length - 1;
+    const next = path[i + 1];
+    // A missing container becomes a list when the next segment is an index.
+    const container = (v: unknown): unknown =>
+      isRecord(v) || Array.isArray(v) ? v : next !== undefined && /^\d+$/.test(next) ? [] : {};
     if (Array.isArray(node)) {
       const idx = /^\d+$/.test(seg)
         ? Number(seg)
-        : node.findIndex((e) => isRecord(e) && String(e['name']).toLowerCase() === seg.toLowerCase());
+        : node.findIndex((e) => isRecord(e) && sameKey(String(e['name']), seg));
       if (idx < 0 || idx > node.length) {
         problems.push({ path: source, message: `no list element named "${seg}"` });
         return top;
       }
       if (last) node[idx] = parseScalar(value);
-      else node = node[idx] = isRecord(node[idx]) || Array.isArray(node[idx]) ? node[idx] : {};
+      else node = node[idx] = container(node[idx]);
       continue;
     }
     const obj = node as Record<string, unknown>;
-    const key = Object.keys(obj).find((k) => k.toLowerCase() === seg.toLowerCase()) ?? seg;
+    const key = Object.keys(obj).find((k) => sameKey(k, seg)) ?? snakeToCamel(seg);
     if (last) obj[key] = parseScalar(value);
-    else node = obj[key] = isRecord(obj[key]) || Array.isArray(obj[key]) ? obj[key] : {};
+    else node = obj[key] = container(obj[key]);
   }
   return top;
 }

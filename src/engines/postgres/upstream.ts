@@ -63,18 +63,27 @@ export async function connectTls(t: UpstreamTarget, timings?: PhaseTimings): Pro
         answer === SSL_NO
           ? `upstream ${t.dial.host} refused TLS (answered 'N' to SSLRequest); IAM authentication requires TLS`
           : `upstream ${t.dial.host} answered SSLRequest with byte 0x${(answer ?? 0).toString(16)}; is it a PostgreSQL server?`,
-        { hint: 'enable ssl on the server (RDS always has it), and check upstream.host/port point at PostgreSQL' },
+        {
+          hint: 'enable ssl on the server (RDS always has it), and check upstream.host/port point at PostgreSQL',
+        },
       );
     }
     if (reader.available > 0) {
-      throw new ProxyError(ErrorCode.UpstreamProtocol, `upstream ${t.dial.host} sent unencrypted data after its TLS answer; refusing the connection`);
+      throw new ProxyError(
+        ErrorCode.UpstreamProtocol,
+        `upstream ${t.dial.host} sent unencrypted data after its TLS answer; refusing the connection`,
+      );
     }
   } catch (err) {
     raw.destroy();
     if (err instanceof ProxyError) throw err;
-    throw new ProxyError(ErrorCode.UpstreamUnreachable, `upstream ${t.dial.host} closed the connection before TLS: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new ProxyError(
+      ErrorCode.UpstreamUnreachable,
+      `upstream ${t.dial.host} closed the connection before TLS: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
   }
   reader.detach();
   const s = await upstreamTls(raw, t.tls);
@@ -96,7 +105,11 @@ export interface LoginOptions {
  * MD5 or SCRAM-SHA-256 with the secret, and collects what must be relayed to the client.
  * A server ErrorResponse becomes ProxyError(UpstreamAuth) carrying the server's fields.
  */
-export async function login(socket: tls.TLSSocket, o: LoginOptions, timings?: PhaseTimings): Promise<UpstreamSession> {
+export async function login(
+  socket: tls.TLSSocket,
+  o: LoginOptions,
+  timings?: PhaseTimings,
+): Promise<UpstreamSession> {
   const t0 = performance.now();
   const reader = new SocketReader(socket, MAX_HANDSHAKE_MESSAGE * 2);
   const relay: Buffer[] = [];
@@ -115,7 +128,7 @@ export async function login(socket: tls.TLSSocket, o: LoginOptions, timings?: Ph
   try {
     socket.write(buildStartup(o.version, o.params));
     for (;;) {
-      const msg = await readMessage(reader);
+      const msg = await readMessage(reader, MAX_HANDSHAKE_MESSAGE, ErrorCode.UpstreamProtocol);
       switch (msg.type) {
         case Backend.Authentication: {
           const auth = parseAuth(msg.raw);
@@ -132,7 +145,10 @@ export async function login(socket: tls.TLSSocket, o: LoginOptions, timings?: Ph
               break;
             case 'authenticationSASL':
               if (!auth.mechanisms.includes(SCRAM_MECHANISM)) {
-                throw new ProxyError(ErrorCode.UpstreamProtocol, `upstream offers SASL mechanisms ${auth.mechanisms.join(', ')}; only ${SCRAM_MECHANISM} is supported`);
+                throw new ProxyError(
+                  ErrorCode.UpstreamProtocol,
+                  `upstream offers SASL mechanisms ${auth.mechanisms.join(', ')}; only ${SCRAM_MECHANISM} is supported`,
+                );
               }
               scram = new ScramClient(await getSecret());
               socket.write(saslInitial(SCRAM_MECHANISM, scram.first()));
@@ -157,9 +173,17 @@ export async function login(socket: tls.TLSSocket, o: LoginOptions, timings?: Ph
         case Backend.ErrorResponse: {
           const fields = parseErrorFields(msg.body);
           const sqlState = fields.get(Field.Code);
-          throw new ProxyError(authenticated ? ErrorCode.UpstreamProtocol : ErrorCode.UpstreamAuth, fields.get(Field.Message) ?? 'upstream error', {
-            serverError: { message: fields.get(Field.Message) ?? '', fields, ...(sqlState ? { sqlState } : {}) },
-          });
+          throw new ProxyError(
+            authenticated ? ErrorCode.UpstreamProtocol : ErrorCode.UpstreamAuth,
+            fields.get(Field.Message) ?? 'upstream error',
+            {
+              serverError: {
+                message: fields.get(Field.Message) ?? '',
+                fields,
+                ...(sqlState ? { sqlState } : {}),
+              },
+            },
+          );
         }
         case Backend.BackendKeyData:
           backendKey = parseBackendKey(msg.body);
@@ -171,7 +195,11 @@ export async function login(socket: tls.TLSSocket, o: LoginOptions, timings?: Ph
           relay.push(msg.raw);
           break;
         case Backend.ReadyForQuery:
-          if (!authenticated) throw new ProxyError(ErrorCode.UpstreamProtocol, 'upstream sent ReadyForQuery before AuthenticationOk');
+          if (!authenticated)
+            throw new ProxyError(
+              ErrorCode.UpstreamProtocol,
+              'upstream sent ReadyForQuery before AuthenticationOk',
+            );
           relay.push(msg.raw);
           if (timings) timings.upstreamLoginMs = ms(t0);
           return {
@@ -182,7 +210,10 @@ export async function login(socket: tls.TLSSocket, o: LoginOptions, timings?: Ph
             ...(backendKey ? { backendKey } : {}),
           };
         default:
-          throw new ProxyError(ErrorCode.UpstreamProtocol, `unexpected message '${String.fromCharCode(msg.type)}' from upstream during login`);
+          throw new ProxyError(
+            ErrorCode.UpstreamProtocol,
+            `unexpected message '${String.fromCharCode(msg.type)}' from upstream during login`,
+          );
       }
     }
   } catch (err) {
@@ -190,9 +221,15 @@ export async function login(socket: tls.TLSSocket, o: LoginOptions, timings?: Ph
     socket.destroy();
     if (err instanceof ProxyError) throw err;
     if (err instanceof Error && /SCRAM/.test(err.message)) {
-      throw new ProxyError(ErrorCode.UpstreamAuth, `upstream SCRAM exchange failed: ${err.message}`, { cause: err });
+      throw new ProxyError(ErrorCode.UpstreamAuth, `upstream SCRAM exchange failed: ${err.message}`, {
+        cause: err,
+      });
     }
-    throw new ProxyError(ErrorCode.UpstreamUnreachable, `upstream closed the connection during login: ${(err as Error).message}`, { cause: err });
+    throw new ProxyError(
+      ErrorCode.UpstreamUnreachable,
+      `upstream closed the connection during login: ${(err as Error).message}`,
+      { cause: err },
+    );
   }
 }
 

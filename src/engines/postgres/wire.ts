@@ -71,7 +71,10 @@ export async function readStartupPacket(reader: SocketReader): Promise<StartupPa
   const head = await reader.read(8);
   const len = head.readInt32BE(0);
   if (len < 8 || len > MAX_STARTUP_LENGTH) {
-    throw new ProxyError(ErrorCode.ClientProtocol, `invalid startup packet length ${len} (allowed 8..${MAX_STARTUP_LENGTH})`);
+    throw new ProxyError(
+      ErrorCode.ClientProtocol,
+      `invalid startup packet length ${len} (allowed 8..${MAX_STARTUP_LENGTH})`,
+    );
   }
   const code = head.readInt32BE(4);
   const body = len > 8 ? await reader.read(len - 8) : Buffer.alloc(0);
@@ -84,15 +87,18 @@ export function parseStartupParams(body: Buffer): [string, string][] {
   let i = 0;
   const cstr = (): string => {
     const end = body.indexOf(0, i);
-    if (end < 0) throw new ProxyError(ErrorCode.ClientProtocol, 'malformed startup packet: unterminated string');
+    if (end < 0)
+      throw new ProxyError(ErrorCode.ClientProtocol, 'malformed startup packet: unterminated string');
     const s = body.toString('utf8', i, end);
     i = end + 1;
     return s;
   };
   for (;;) {
-    if (i >= body.length) throw new ProxyError(ErrorCode.ClientProtocol, 'malformed startup packet: missing terminator');
+    if (i >= body.length)
+      throw new ProxyError(ErrorCode.ClientProtocol, 'malformed startup packet: missing terminator');
     if (body[i] === 0) {
-      if (i !== body.length - 1) throw new ProxyError(ErrorCode.ClientProtocol, 'malformed startup packet: data after terminator');
+      if (i !== body.length - 1)
+        throw new ProxyError(ErrorCode.ClientProtocol, 'malformed startup packet: data after terminator');
       return out;
     }
     const name = cstr();
@@ -136,13 +142,20 @@ export interface Message {
   raw: Buffer;
 }
 
-/** Reads one typed message, checking its length before reading the body. */
-export async function readMessage(reader: SocketReader, maxLength = MAX_HANDSHAKE_MESSAGE): Promise<Message> {
+/**
+ * Reads one typed message, checking its length before reading the body. `code` names who is at
+ * fault for a bad length (the client by default; upstream readers pass UpstreamProtocol).
+ */
+export async function readMessage(
+  reader: SocketReader,
+  maxLength = MAX_HANDSHAKE_MESSAGE,
+  code: ErrorCode = ErrorCode.ClientProtocol,
+): Promise<Message> {
   const head = await reader.read(5);
   const type = head[0] as number;
   const len = head.readInt32BE(1);
   if (len < 4 || len > maxLength) {
-    throw new ProxyError(ErrorCode.ClientProtocol, `invalid message length ${len} for type '${String.fromCharCode(type)}'`);
+    throw new ProxyError(code, `invalid message length ${len} for type '${String.fromCharCode(type)}'`);
   }
   const body = len > 4 ? await reader.read(len - 4) : Buffer.alloc(0);
   return { type, body, raw: Buffer.concat([head, body]) };
@@ -230,11 +243,24 @@ export type AuthRequest =
 
 /** Parses an 'R' frame with pg-protocol; codes it does not know (GSS, SSPI) come back as `other`. */
 export function parseAuth(raw: Buffer): AuthRequest {
+  if (raw.length < 9)
+    throw new ProxyError(ErrorCode.UpstreamProtocol, `authentication message of ${raw.length} bytes`);
   const code = raw.readInt32BE(5);
   if (!Object.values(AuthCode).includes(code as never)) return { name: 'other', code };
+  // pg-protocol trusts the code; check the payload size it implies (Ok/Cleartext: none, MD5: a 4-byte salt).
+  const extra = raw.length - 9;
+  const expected =
+    code === AuthCode.Ok || code === AuthCode.CleartextPassword ? 0 : code === AuthCode.MD5Password ? 4 : -1;
+  if (expected >= 0 && extra !== expected) {
+    throw new ProxyError(
+      ErrorCode.UpstreamProtocol,
+      `authentication message code ${code} with ${extra} payload bytes (expected ${expected})`,
+    );
+  }
   let parsed: AuthRequest | undefined;
   new Parser().parse(raw, (msg) => (parsed = msg as unknown as AuthRequest));
-  if (!parsed) throw new ProxyError(ErrorCode.UpstreamProtocol, `unparseable authentication message (code ${code})`);
+  if (!parsed)
+    throw new ProxyError(ErrorCode.UpstreamProtocol, `unparseable authentication message (code ${code})`);
   return parsed;
 }
 
