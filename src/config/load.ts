@@ -47,7 +47,7 @@ export function loadConfig(opts: LoadOptions): Config {
     if (doc.errors.length > 0) {
       throw new ConfigError(doc.errors.map((e) => ({ path: opts.file as string, message: e.message })));
     }
-    raw = doc.toJS() ?? {};
+    raw = dropNulls(doc.toJS()) ?? {};
   }
   const problems: ConfigProblem[] = [];
   for (const [name, value] of Object.entries(opts.env ?? process.env)) {
@@ -267,6 +267,13 @@ function parseScalar(value: string): unknown {
   } catch {
     return value;
   }
+}
+
+/** A YAML key with nothing under it (all children commented out) means "not set", not null. */
+function dropNulls(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(dropNulls);
+  if (!isRecord(v)) return v;
+  return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== null).map(([k, x]) => [k, dropNulls(x)]));
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
