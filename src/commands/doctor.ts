@@ -57,7 +57,12 @@ export async function runDoctor(cfg: Config, o: DoctorOptions): Promise<DoctorSt
   return steps;
 }
 
-async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: DoctorOptions): Promise<DoctorStep[]> {
+async function checkListener(
+  l: Listener,
+  cfg: Config,
+  hub: CredentialsHub,
+  o: DoctorOptions,
+): Promise<DoctorStep[]> {
   const out: DoctorStep[] = [];
   const add = (s: Omit<DoctorStep, 'listener'>): boolean => {
     out.push({ listener: l.name, ...s });
@@ -66,7 +71,11 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
   const host = l.upstream.host;
   const port = upstreamPort(l);
   const user = l.upstream.user ?? o.user;
-  add({ step: 'config', status: 'ok', detail: `${l.engine} ${host}:${port}${l.upstream.address ? ` via ${l.upstream.address}` : ''}, auth ${l.auth.mode}` });
+  add({
+    step: 'config',
+    status: 'ok',
+    detail: `${l.engine} ${host}:${port}${l.upstream.address ? ` via ${l.upstream.address}` : ''}, auth ${l.auth.mode}`,
+  });
 
   // Credentials and token
   let secret: string | undefined;
@@ -75,17 +84,34 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
       secret = readSecret(l.auth.password as NonNullable<Listener['auth']['password']>);
       add({ step: 'credentials', status: 'ok', detail: 'static password readable' });
     } catch (err) {
-      add({ step: 'credentials', status: 'fail', detail: asProxyError(err).message, fix: 'set the environment variable or file named by auth.password' });
+      add({
+        step: 'credentials',
+        status: 'fail',
+        detail: asProxyError(err).message,
+        fix: 'set the environment variable or file named by auth.password',
+      });
     }
   } else {
     const aws = hub.awsFor(l);
     try {
       const creds = await buildCredentialSource(aws)();
-      const exp = creds.expiration ? `, expire ${creds.expiration.toISOString()} (in ${Math.round((creds.expiration.getTime() - Date.now()) / 60000)} min)` : ', no expiry';
-      add({ step: 'credentials', status: 'ok', detail: `from ${describeSource(creds)}${aws.roleArn ? ` assuming ${aws.roleArn}` : ''}${exp}` });
+      const exp = creds.expiration
+        ? `, expire ${creds.expiration.toISOString()} (in ${Math.round((creds.expiration.getTime() - Date.now()) / 60000)} min)`
+        : ', no expiry';
+      add({
+        step: 'credentials',
+        status: 'ok',
+        detail: `from ${describeSource(creds)}${aws.roleArn ? ` assuming ${aws.roleArn}` : ''}${exp}`,
+      });
       const tokenUser = user ?? '(any)';
-      secret = await hub.sourceFor(l).getToken({ host, port, user: user ?? 'doctor', region: l.auth.region ?? '' });
-      add({ step: 'token', status: 'ok', detail: `${l.auth.mode === 'dsql' ? 'DSQL' : 'RDS IAM'} token minted for ${host}:${port} user ${tokenUser}, region ${l.auth.region} (${secret.length} bytes)` });
+      secret = await hub
+        .sourceFor(l)
+        .getToken({ host, port, user: user ?? 'doctor', region: l.auth.region ?? '' });
+      add({
+        step: 'token',
+        status: 'ok',
+        detail: `${l.auth.mode === 'dsql' ? 'DSQL' : 'RDS IAM'} token minted for ${host}:${port} user ${tokenUser}, region ${l.auth.region} (${secret.length} bytes)`,
+      });
     } catch (err) {
       const e = err instanceof ProxyError ? err : credentialsError(err);
       add({
@@ -110,10 +136,19 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
       step: 'clock',
       status: bad ? 'warn' : 'ok',
       detail: `host clock ${skew.offsetSeconds >= 0 ? '+' : ''}${skew.offsetSeconds} s versus ${skew.source}`,
-      ...(bad ? { causes: ['NTP is not running or not synchronised'], fix: 'enable chrony with the Amazon Time Sync Service (169.254.169.123)' } : {}),
+      ...(bad
+        ? {
+            causes: ['NTP is not running or not synchronised'],
+            fix: 'enable chrony with the Amazon Time Sync Service (169.254.169.123)',
+          }
+        : {}),
     });
   } else {
-    add({ step: 'clock', status: 'skip', detail: 'not measured: no AWS HTTP call was made (credentials came from a file or the environment)' });
+    add({
+      step: 'clock',
+      status: 'skip',
+      detail: 'not measured: no AWS HTTP call was made (credentials came from a file or the environment)',
+    });
   }
 
   // DNS
@@ -129,7 +164,10 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
         step: 'dns',
         status: 'fail',
         detail: `${dest}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
-        causes: ['the endpoint name is misspelt', 'the VPC has no DNS resolution for it (private hosted zone, resolver rules)'],
+        causes: [
+          'the endpoint name is misspelt',
+          'the VPC has no DNS resolution for it (private hosted zone, resolver rules)',
+        ],
         fix: 'fix upstream.host, or set upstream.address to the IP to dial (TLS still checks upstream.host)',
       });
       return out;
@@ -137,7 +175,12 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
   }
 
   // TCP
-  const dial = { host, port, connectTimeoutMs: l.upstream.connectTimeoutMs, ...(l.upstream.address ? { address: l.upstream.address } : {}) };
+  const dial = {
+    host,
+    port,
+    connectTimeoutMs: l.upstream.connectTimeoutMs,
+    ...(l.upstream.address ? { address: l.upstream.address } : {}),
+  };
   try {
     const s = await tcpDialer.dial(dial);
     s.destroy();
@@ -147,21 +190,33 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
       step: 'tcp',
       status: 'fail',
       detail: asProxyError(err).message,
-      causes: ['the database is stopped or the port is wrong', 'a security group or NACL blocks this host', 'a route or VPC endpoint is missing'],
+      causes: [
+        'the database is stopped or the port is wrong',
+        'a security group or NACL blocks this host',
+        'a route or VPC endpoint is missing',
+      ],
       fix: 'allow this host in the database security group on the port, and check upstream.port',
     });
     return out;
   }
 
   if (l.engine !== 'postgres') {
-    add({ step: 'tls', status: 'skip', detail: `TLS and login checks are not implemented for engine ${l.engine} yet` });
+    add({
+      step: 'tls',
+      status: 'skip',
+      detail: `TLS and login checks are not implemented for engine ${l.engine} yet`,
+    });
     return out;
   }
 
   // TLS: chain and name
   let tlsSocket: tls.TLSSocket;
   try {
-    const target = { dialer: tcpDialer, dial, tls: { servername: host, ca: loadUpstreamCa(l.upstream.tls.ca), minVersion: l.upstream.tls.minVersion } };
+    const target = {
+      dialer: tcpDialer,
+      dial,
+      tls: { servername: host, ca: loadUpstreamCa(l.upstream.tls.ca), minVersion: l.upstream.tls.minVersion },
+    };
     tlsSocket = await connectTls(target);
     const c = tlsSocket.getPeerCertificate();
     add({
@@ -175,7 +230,10 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
       step: 'tls',
       status: 'fail',
       detail: e.message,
-      causes: ['upstream.tls.ca does not contain the issuer (RDS endpoints need ca: rds)', 'upstream.host is not the name on the certificate (dial another address with upstream.address)'],
+      causes: [
+        'upstream.tls.ca does not contain the issuer (RDS endpoints need ca: rds)',
+        'upstream.host is not the name on the certificate (dial another address with upstream.address)',
+      ],
       ...(e.hint ? { fix: e.hint } : {}),
     });
     return out;
@@ -184,7 +242,11 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
   // Login
   if (!user) {
     tlsSocket.destroy();
-    add({ step: 'login', status: 'skip', detail: 'no upstream.user in the config; pass --user NAME to try a login' });
+    add({
+      step: 'login',
+      status: 'skip',
+      detail: 'no upstream.user in the config; pass --user NAME to try a login',
+    });
     return out;
   }
   if (secret === undefined) {
@@ -194,20 +256,34 @@ async function checkListener(l: Listener, cfg: Config, hub: CredentialsHub, o: D
   }
   try {
     const database = l.upstream.database ?? o.database ?? 'postgres';
-    const session = await login(tlsSocket, { version: PROTOCOL_3_0, params: [['user', user], ['database', database]], user, secret: Promise.resolve(secret) });
+    const session = await login(tlsSocket, {
+      version: PROTOCOL_3_0,
+      params: [
+        ['user', user],
+        ['database', database],
+      ],
+      user,
+      secret: Promise.resolve(secret),
+    });
     session.socket.destroy();
     add({ step: 'login', status: 'ok', detail: `logged in as ${user} to ${database}` });
   } catch (err) {
     const e = asProxyError(err);
     const sqlState = e.serverError?.sqlState;
     if (sqlState === '3D000') {
-      add({ step: 'login', status: 'ok', detail: `authenticated as ${user} (${e.message}; pass --database to pick one)` });
+      add({
+        step: 'login',
+        status: 'ok',
+        detail: `authenticated as ${user} (${e.message}; pass --database to pick one)`,
+      });
     } else {
       add({
         step: 'login',
         status: 'fail',
         detail: `${e.message}${sqlState ? ` (SQLSTATE ${sqlState})` : ''}`,
-        ...(e.code === ErrorCode.UpstreamAuth ? { causes: LOGIN_CAUSES(l, user), fix: 'fix the first cause that applies, then run doctor again' } : {}),
+        ...(e.code === ErrorCode.UpstreamAuth
+          ? { causes: LOGIN_CAUSES(l, user), fix: 'fix the first cause that applies, then run doctor again' }
+          : {}),
       });
     }
   }
@@ -226,4 +302,3 @@ export function formatReport(steps: DoctorStep[]): string {
     })
     .join('\n');
 }
-

@@ -22,9 +22,12 @@ export interface TokenFlags {
  */
 export async function generateToken(f: TokenFlags): Promise<string> {
   const port = Number(f.port);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ProxyError(ErrorCode.Config, `--port ${f.port} is not a port number`);
-  const region = f.region ?? regionFromHost(f.hostname) ?? process.env['AWS_REGION'] ?? process.env['AWS_DEFAULT_REGION'];
-  if (!region) throw new ProxyError(ErrorCode.Config, `cannot read a region from ${f.hostname}; pass --region`);
+  if (!Number.isInteger(port) || port < 1 || port > 65535)
+    throw new ProxyError(ErrorCode.Config, `--port ${f.port} is not a port number`);
+  const region =
+    f.region ?? regionFromHost(f.hostname) ?? process.env['AWS_REGION'] ?? process.env['AWS_DEFAULT_REGION'];
+  if (!region)
+    throw new ProxyError(ErrorCode.Config, `cannot read a region from ${f.hostname}; pass --region`);
   const source = buildCredentialSource({
     region,
     ...(f.profile ? { profile: f.profile } : {}),

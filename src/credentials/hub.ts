@@ -4,7 +4,14 @@ import type { Logger } from '../log';
 import { type Clock, systemClock } from './clock';
 import { applyAwsEnvironment, buildCredentialSource, settingsKey } from './providers';
 import { ClockSkewMonitor, type SkewSample } from './skew';
-import { IamTokenMinter, StaticPasswordSource, TokenCache, type TokenEvents, type TokenMinter, type TokenSource } from './tokens';
+import {
+  IamTokenMinter,
+  StaticPasswordSource,
+  TokenCache,
+  type TokenEvents,
+  type TokenMinter,
+  type TokenSource,
+} from './tokens';
 
 export interface HubOptions {
   log: Logger;
@@ -63,7 +70,9 @@ export class CredentialsHub {
           onMintFailure: (req, err, background) => {
             this.o.log.warn(
               { host: req.host, user: req.user, background, error: err.message },
-              background ? 'background token refresh failed; the cached token keeps serving' : 'token mint failed',
+              background
+                ? 'background token refresh failed; the cached token keeps serving'
+                : 'token mint failed',
             );
             this.o.events?.onMintFailure?.(req, err, background);
           },

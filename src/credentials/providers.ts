@@ -59,12 +59,17 @@ function stsClientConfig(aws: AwsSettings): Record<string, unknown> {
       try {
         ca = readFileSync(aws.caBundle, 'utf8');
       } catch (err) {
-        throw new ProxyError(ErrorCode.Config, `cannot read aws.caBundle ${aws.caBundle}: ${(err as Error).message}`);
+        throw new ProxyError(
+          ErrorCode.Config,
+          `cannot read aws.caBundle ${aws.caBundle}: ${(err as Error).message}`,
+        );
       }
     }
     cfg['requestHandler'] = new NodeHttpHandler({
       ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}),
-      ...(aws.httpTimeoutMs ? { connectionTimeout: aws.httpTimeoutMs, requestTimeout: aws.httpTimeoutMs * 5 } : {}),
+      ...(aws.httpTimeoutMs
+        ? { connectionTimeout: aws.httpTimeoutMs, requestTimeout: aws.httpTimeoutMs * 5 }
+        : {}),
     });
   }
   return cfg;

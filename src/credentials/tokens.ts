@@ -72,7 +72,13 @@ export class IamTokenMinter implements TokenMinter {
 }
 
 function signRds(req: TokenRequest, credentials: AwsCredentialIdentity): Promise<string> {
-  return new Signer({ hostname: req.host, port: req.port, username: req.user, region: req.region, credentials }).getAuthToken();
+  return new Signer({
+    hostname: req.host,
+    port: req.port,
+    username: req.user,
+    region: req.region,
+    credentials,
+  }).getAuthToken();
 }
 
 /** Aurora DSQL: the built-in `admin` role needs DbConnectAdmin; every other role DbConnect. */
@@ -85,7 +91,9 @@ function signDsql(req: TokenRequest, credentials: AwsCredentialIdentity): Promis
 function inContainer(): boolean {
   if (process.env['KUBERNETES_SERVICE_HOST'] || process.env['ECS_CONTAINER_METADATA_URI_V4']) return true;
   try {
-    return existsSync('/.dockerenv') || /docker|kubepods|containerd/.test(readFileSync('/proc/1/cgroup', 'utf8'));
+    return (
+      existsSync('/.dockerenv') || /docker|kubepods|containerd/.test(readFileSync('/proc/1/cgroup', 'utf8'))
+    );
   } catch {
     return false;
   }
@@ -94,7 +102,9 @@ function inContainer(): boolean {
 /** Maps an SDK credential failure to an error that names the source and the fix. */
 export function credentialsError(err: unknown): ProxyError {
   const msg = scrubSecrets(err instanceof Error ? err.message : String(err));
-  const imdsTimeout = /(timeout|timed out|ETIMEDOUT|EHOSTUNREACH)/i.test(msg) && /(metadata|IMDS|169\.254\.169\.254)/i.test(msg);
+  const imdsTimeout =
+    /(timeout|timed out|ETIMEDOUT|EHOSTUNREACH)/i.test(msg) &&
+    /(metadata|IMDS|169\.254\.169\.254)/i.test(msg);
   const hint = imdsTimeout
     ? inContainer()
       ? 'IMDS timed out from inside a container: the instance metadata PUT response hop limit must be 2 or more ' +
@@ -103,7 +113,10 @@ export function credentialsError(err: unknown): ProxyError {
     : 'the proxy looks in the environment (AWS_ACCESS_KEY_ID), the shared config/credentials files (AWS_PROFILE), ' +
       'web identity (AWS_WEB_IDENTITY_TOKEN_FILE, IRSA), the container endpoint (ECS, EKS Pod Identity) and IMDSv2; ' +
       'run `rds-iam-proxy doctor` to see which one fails';
-  return new ProxyError(ErrorCode.Credentials, `no AWS credentials to sign an IAM auth token: ${msg}`, { cause: err, hint });
+  return new ProxyError(ErrorCode.Credentials, `no AWS credentials to sign an IAM auth token: ${msg}`, {
+    cause: err,
+    hint,
+  });
 }
 
 export interface CacheOptions {
@@ -235,7 +248,8 @@ export class TokenCache implements TokenSource {
         if (forceRefresh) entry.forceRefresh = true;
         this.opts.events?.onMintFailure?.(req, e, background);
         // Retry with backoff while a valid token still serves, or until someone asks again.
-        if (entry.token) this.schedule(entry, req, this.clock.now() + Math.min(1000 * 2 ** entry.failures, 30_000));
+        if (entry.token)
+          this.schedule(entry, req, this.clock.now() + Math.min(1000 * 2 ** entry.failures, 30_000));
         throw e;
       },
     );
@@ -265,9 +279,13 @@ export class StaticPasswordSource implements TokenSource {
     try {
       return this.read();
     } catch (err) {
-      throw new ProxyError(ErrorCode.Credentials, `upstream password unavailable: ${(err as Error).message}`, {
-        cause: err,
-      });
+      throw new ProxyError(
+        ErrorCode.Credentials,
+        `upstream password unavailable: ${(err as Error).message}`,
+        {
+          cause: err,
+        },
+      );
     }
   }
   invalidate(): void {}

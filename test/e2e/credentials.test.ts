@@ -26,7 +26,11 @@ let connectSpy: jest.SpyInstance;
 beforeAll(async () => {
   [db, dsqlDb] = await Promise.all([
     startRdsLikePostgres(),
-    startRdsLikePostgres({ endpoint: 'abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws', tokenKind: 'dsql', users: ['admin', 'app'] }),
+    startRdsLikePostgres({
+      endpoint: 'abcdefghijklmnopqrstuvwxyz.dsql.us-east-1.on.aws',
+      tokenKind: 'dsql',
+      users: ['admin', 'app'],
+    }),
   ]);
   fake = await startFakeAws({
     onIssue: (id, secret) => {
@@ -37,11 +41,16 @@ beforeAll(async () => {
   dir = mkdtempSync(path.join(os.tmpdir(), 'rip-creds-'));
   // Record every outbound connection the process attempts from here on.
   const original = net.Socket.prototype.connect;
-  connectSpy = jest.spyOn(net.Socket.prototype, 'connect').mockImplementation(function (this: net.Socket, ...args: unknown[]) {
+  connectSpy = jest.spyOn(net.Socket.prototype, 'connect').mockImplementation(function (
+    this: net.Socket,
+    ...args: unknown[]
+  ) {
     const a = args[0] as unknown;
-    const o = (Array.isArray(a) ? a[0] : a) as { host?: string; path?: string; port?: number } | string | number;
+    const o = (Array.isArray(a) ? a[0] : a) as
+      { host?: string; path?: string; port?: number } | string | number;
     if (typeof o === 'object' && o !== null) connects.push(o.path ?? `${o.host ?? 'localhost'}:${o.port}`);
-    else if (typeof o === 'number') connects.push(`${typeof args[1] === 'string' ? args[1] : 'localhost'}:${o}`); // connect(port, host)
+    else if (typeof o === 'number')
+      connects.push(`${typeof args[1] === 'string' ? args[1] : 'localhost'}:${o}`); // connect(port, host)
     else connects.push(String(o));
     return (original as (...x: unknown[]) => net.Socket).apply(this, args);
   });
@@ -63,7 +72,11 @@ afterAll(async () => {
 });
 
 type Aws = NonNullable<ConfigInput['aws']>;
-async function proxyFor(aws: Aws, target: RdsLikePg = db, auth: Record<string, unknown> = {}): Promise<TestProxy> {
+async function proxyFor(
+  aws: Aws,
+  target: RdsLikePg = db,
+  auth: Record<string, unknown> = {},
+): Promise<TestProxy> {
   const p = await startTestProxy(
     {
       aws,
@@ -72,7 +85,12 @@ async function proxyFor(aws: Aws, target: RdsLikePg = db, auth: Record<string, u
           name: 'app',
           engine: 'postgres',
           listen: '127.0.0.1:0',
-          upstream: { host: target.host, port: target.port, address: target.address, tls: { ca: target.caFile } },
+          upstream: {
+            host: target.host,
+            port: target.port,
+            address: target.address,
+            tls: { ca: target.caFile },
+          },
           auth: { mode: 'iam', region: target.region, ...auth },
           client: { tls: 'off' },
         },
@@ -168,7 +186,11 @@ test('a revoked key: the refused cached token is replaced with fresh credentials
   expect(attempts.map((a) => a.ok)).toEqual([false, true]);
   expect(attempts[0]?.reason).toMatch(/unknown access key id/);
   expect(fake.issued.at(-1)?.accessKeyId).not.toBe(first?.accessKeyId);
-  expect(p.records().some((r) => r['msg'] === 'upstream refused a cached token; retrying once with fresh credentials')).toBe(true);
+  expect(
+    p
+      .records()
+      .some((r) => r['msg'] === 'upstream refused a cached token; retrying once with fresh credentials'),
+  ).toBe(true);
 });
 
 test('a credentials outage names the failing source in a 28000 error', async () => {

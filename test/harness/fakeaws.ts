@@ -32,7 +32,13 @@ export interface FakeAws {
   port: number;
   issued: IssuedCredentials[];
   /** Every request seen: method, path, STS Action. */
-  requests: { method: string; path: string; action?: string; headers: http.IncomingHttpHeaders; body: string }[];
+  requests: {
+    method: string;
+    path: string;
+    action?: string;
+    headers: http.IncomingHttpHeaders;
+    body: string;
+  }[];
   /** Makes every endpoint answer 500 (an outage) until set back. */
   failing: boolean;
   options: FakeAwsOptions;
@@ -65,7 +71,13 @@ export async function startFakeAws(options: FakeAwsOptions): Promise<FakeAws> {
       const url = new URL(req.url ?? '/', 'http://x');
       const form = new URLSearchParams(body);
       const action = form.get('Action') ?? undefined;
-      requests.push({ method: req.method ?? '', path: url.pathname, headers: req.headers, body, ...(action ? { action } : {}) });
+      requests.push({
+        method: req.method ?? '',
+        path: url.pathname,
+        headers: req.headers,
+        body,
+        ...(action ? { action } : {}),
+      });
       const date = new Date(Date.now() + (fake.options.dateOffsetSeconds ?? 0) * 1000).toUTCString();
       res.setHeader('Date', date);
       const send = (status: number, type: string, text: string): void => {
@@ -74,31 +86,58 @@ export async function startFakeAws(options: FakeAwsOptions): Promise<FakeAws> {
       };
       if (fake.failing) return send(500, 'text/plain', 'outage');
       // IMDSv2
-      if (req.method === 'PUT' && url.pathname === '/latest/api/token') return send(200, 'text/plain', IMDS_TOKEN);
+      if (req.method === 'PUT' && url.pathname === '/latest/api/token')
+        return send(200, 'text/plain', IMDS_TOKEN);
       if (url.pathname.startsWith('/latest/meta-data/iam/security-credentials')) {
-        if (req.headers['x-aws-ec2-metadata-token'] !== IMDS_TOKEN) return send(401, 'text/plain', 'IMDSv2 token required');
-        if (url.pathname.replace(/\/$/, '').endsWith('security-credentials')) return send(200, 'text/plain', IMDS_ROLE);
+        if (req.headers['x-aws-ec2-metadata-token'] !== IMDS_TOKEN)
+          return send(401, 'text/plain', 'IMDSv2 token required');
+        if (url.pathname.replace(/\/$/, '').endsWith('security-credentials'))
+          return send(200, 'text/plain', IMDS_ROLE);
         const c = issue('imds');
         return send(
           200,
           'application/json',
-          JSON.stringify({ Code: 'Success', LastUpdated: new Date().toISOString(), Type: 'AWS-HMAC', AccessKeyId: c.accessKeyId, SecretAccessKey: c.secretAccessKey, Token: c.sessionToken, Expiration: c.expiration.toISOString() }),
+          JSON.stringify({
+            Code: 'Success',
+            LastUpdated: new Date().toISOString(),
+            Type: 'AWS-HMAC',
+            AccessKeyId: c.accessKeyId,
+            SecretAccessKey: c.secretAccessKey,
+            Token: c.sessionToken,
+            Expiration: c.expiration.toISOString(),
+          }),
         );
       }
       // Container credentials (ECS / EKS Pod Identity)
       if (url.pathname === '/container/credentials') {
-        if (fake.options.containerAuthToken && req.headers['authorization'] !== fake.options.containerAuthToken) return send(403, 'text/plain', 'bad authorization');
+        if (
+          fake.options.containerAuthToken &&
+          req.headers['authorization'] !== fake.options.containerAuthToken
+        )
+          return send(403, 'text/plain', 'bad authorization');
         const c = issue('container');
         return send(
           200,
           'application/json',
-          JSON.stringify({ AccessKeyId: c.accessKeyId, SecretAccessKey: c.secretAccessKey, Token: c.sessionToken, Expiration: c.expiration.toISOString(), AccountId: '123456789012' }),
+          JSON.stringify({
+            AccessKeyId: c.accessKeyId,
+            SecretAccessKey: c.secretAccessKey,
+            Token: c.sessionToken,
+            Expiration: c.expiration.toISOString(),
+            AccountId: '123456789012',
+          }),
         );
       }
       // STS (query protocol, form-encoded POST)
       if (req.method === 'POST' && (action === 'AssumeRole' || action === 'AssumeRoleWithWebIdentity')) {
-        if (action === 'AssumeRole' && !/Credential=\w+\//.test(String(req.headers['authorization']))) return send(403, 'text/xml', stsError('MissingAuthenticationToken', 'Request is missing Authentication Token'));
-        if (action === 'AssumeRoleWithWebIdentity' && !form.get('WebIdentityToken')) return send(400, 'text/xml', stsError('InvalidIdentityToken', 'no token'));
+        if (action === 'AssumeRole' && !/Credential=\w+\//.test(String(req.headers['authorization'])))
+          return send(
+            403,
+            'text/xml',
+            stsError('MissingAuthenticationToken', 'Request is missing Authentication Token'),
+          );
+        if (action === 'AssumeRoleWithWebIdentity' && !form.get('WebIdentityToken'))
+          return send(400, 'text/xml', stsError('InvalidIdentityToken', 'no token'));
         const c = issue(action);
         const role = form.get('RoleArn') ?? '';
         const session = form.get('RoleSessionName') ?? 'session';
@@ -109,7 +148,9 @@ export async function startFakeAws(options: FakeAwsOptions): Promise<FakeAws> {
             `<Credentials><AccessKeyId>${c.accessKeyId}</AccessKeyId><SecretAccessKey>${c.secretAccessKey}</SecretAccessKey>` +
             `<SessionToken>${c.sessionToken}</SessionToken><Expiration>${c.expiration.toISOString()}</Expiration></Credentials>` +
             `<AssumedRoleUser><AssumedRoleId>AROATEST:${session}</AssumedRoleId><Arn>${role.replace(':iam::', ':sts::').replace(':role/', ':assumed-role/')}/${session}</Arn></AssumedRoleUser>` +
-            (action === 'AssumeRoleWithWebIdentity' ? '<SubjectFromWebIdentityToken>system:serviceaccount:default:app</SubjectFromWebIdentityToken><Audience>sts.amazonaws.com</Audience><Provider>oidc.eks.test</Provider>' : '') +
+            (action === 'AssumeRoleWithWebIdentity'
+              ? '<SubjectFromWebIdentityToken>system:serviceaccount:default:app</SubjectFromWebIdentityToken><Audience>sts.amazonaws.com</Audience><Provider>oidc.eks.test</Provider>'
+              : '') +
             `</${action}Result><ResponseMetadata><RequestId>${randomBytes(8).toString('hex')}</RequestId></ResponseMetadata></${action}Response>`,
         );
       }
