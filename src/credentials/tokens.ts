@@ -124,6 +124,8 @@ export interface CacheOptions {
   marginMs?: number;
   /** Re-mint in the background this long before expiry (minus up to 30 s of jitter). */
   refreshAheadMs?: number;
+  /** Up to this many ms are taken off each refresh time at random, so proxies do not refresh in step. */
+  jitterMs?: number;
   /** Told about every mint and every failed mint (metrics, readiness, logs). */
   events?: TokenEvents;
   /** Background timers; injectable so tests with a fake clock can drive them. */
@@ -138,6 +140,8 @@ export interface TokenEvents {
 interface Entry {
   token?: Token;
   mintedAt?: number;
+  /** When to start a background re-mint (ms). */
+  refreshAt?: number;
   inflight?: Promise<Token>;
   forceRefresh?: boolean;
   timer?: unknown;
@@ -182,7 +186,7 @@ export class TokenCache implements TokenSource {
     entry.lastUsed = now;
     const t = entry.token;
     if (t && now < t.expiresAt - this.marginMs) {
-      if (now >= t.expiresAt - this.refreshAheadMs && !entry.inflight) {
+      if (now >= (entry.refreshAt ?? t.expiresAt - this.refreshAheadMs) && !entry.inflight) {
         this.start(entry, req, true).catch(() => undefined); // the old token still serves
       }
       return t.value;
@@ -231,13 +235,18 @@ export class TokenCache implements TokenSource {
     entry.forceRefresh = false;
     const p = this.minter.mint(req, forceRefresh ? { forceRefresh } : {}).then(
       (token) => {
+        const now = this.clock.now();
         entry.token = token;
-        entry.mintedAt = this.clock.now();
+        entry.mintedAt = now;
         entry.inflight = undefined;
         entry.failures = 0;
         delete entry.lastError;
         this.opts.events?.onMint?.(req, token);
-        this.schedule(entry, req, token.expiresAt - this.refreshAheadMs - Math.random() * 30_000);
+        // Refresh ahead of expiry, but never in the first half of a token's life: short-lived
+        // credentials would otherwise make every mint schedule the next one at once.
+        const ahead = token.expiresAt - this.refreshAheadMs - Math.random() * (this.opts.jitterMs ?? 30_000);
+        entry.refreshAt = Math.max(ahead, now + (token.expiresAt - this.marginMs - now) / 2);
+        this.schedule(entry, req, entry.refreshAt);
         return token;
       },
       (err: unknown) => {

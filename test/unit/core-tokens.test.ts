@@ -95,7 +95,7 @@ function setup(opts: { marginMs?: number; refreshAheadMs?: number } = {}) {
   const clock = new FakeClock();
   const minter = new FakeMinter(clock);
   const timers = inertTimers();
-  const cache = new TokenCache(minter, clock, { ...opts, timers });
+  const cache = new TokenCache(minter, clock, { jitterMs: 0, ...opts, timers });
   return { clock, minter, cache, timers };
 }
 
