@@ -40,7 +40,7 @@ export interface TestProxy {
 /** Starts the proxy with `cfg`; credentials default to LONG_SESSION_TOKEN temporary test keys. */
 export async function startTestProxy(
   cfg: ConfigInput,
-  o: { minter?: TokenMinter; env?: NodeJS.ProcessEnv } = {},
+  o: { minter?: TokenMinter; env?: NodeJS.ProcessEnv; /** use the SDK's real credential chain */ realAws?: boolean } = {},
 ): Promise<TestProxy> {
   const logs: string[] = [];
   let partial = '';
