@@ -10,8 +10,15 @@ import { readSecret } from '../config/secrets';
 import { asProxyError, ErrorCode, ProxyError } from '../errors';
 import type { Logger } from '../log';
 import { loadUpstreamCa, tcpDialer } from '../net/dial';
-import { connectTls, login } from '../engines/postgres/upstream';
+import { connectTls, login, type UpstreamTarget as PgTarget } from '../engines/postgres/upstream';
 import { PROTOCOL_3_0 } from '../engines/postgres/wire';
+import {
+  login as mysqlLogin,
+  openUpstream as mysqlOpen,
+  startTls as mysqlStartTls,
+} from '../engines/mysql/upstream';
+import { upstreamResponse as mysqlUpstreamResponse } from '../engines/mysql';
+import { Cap, type HandshakeResponse } from '../engines/mysql/wire';
 
 /** One line of the report. */
 export interface DoctorStep {
@@ -200,29 +207,21 @@ async function checkListener(
     return out;
   }
 
-  if (l.engine !== 'postgres') {
-    add({
-      step: 'tls',
-      status: 'skip',
-      detail: `TLS and login checks are not implemented for engine ${l.engine} yet`,
-    });
-    return out;
-  }
-
-  // TLS: chain and name
-  let tlsSocket: tls.TLSSocket;
+  // TLS (chain and name), then a real login, with the engine's own handshake
+  const target = {
+    dialer: tcpDialer,
+    dial,
+    tls: { servername: host, ca: loadUpstreamCa(l.upstream.tls.ca), minVersion: l.upstream.tls.minVersion },
+  };
+  const probe = l.engine === 'postgres' ? postgresProbe : mysqlProbe;
+  let session: ProbeSession;
   try {
-    const target = {
-      dialer: tcpDialer,
-      dial,
-      tls: { servername: host, ca: loadUpstreamCa(l.upstream.tls.ca), minVersion: l.upstream.tls.minVersion },
-    };
-    tlsSocket = await connectTls(target);
-    const c = tlsSocket.getPeerCertificate();
+    session = await probe(target, user ?? 'doctor', l.upstream.database ?? o.database);
+    const c = session.tls.getPeerCertificate();
     add({
       step: 'tls',
       status: 'ok',
-      detail: `${tlsSocket.getProtocol()} ${tlsSocket.getCipher()?.name}; subject CN=${c.subject?.CN}; issuer CN=${c.issuer?.CN}; valid until ${c.valid_to}`,
+      detail: `${session.tls.getProtocol()} ${session.tls.getCipher()?.name}; subject CN=${c.subject?.CN}; issuer CN=${c.issuer?.CN}; valid until ${c.valid_to}`,
     });
   } catch (err) {
     const e = asProxyError(err);
@@ -238,57 +237,109 @@ async function checkListener(
     });
     return out;
   }
-
-  // Login
-  if (!user) {
-    tlsSocket.destroy();
+  if (!user || secret === undefined) {
+    session.close();
     add({
       step: 'login',
       status: 'skip',
-      detail: 'no upstream.user in the config; pass --user NAME to try a login',
+      detail: !user
+        ? 'no upstream.user in the config; pass --user NAME to try a login'
+        : 'no token (see the credentials step)',
     });
-    return out;
-  }
-  if (secret === undefined) {
-    tlsSocket.destroy();
-    add({ step: 'login', status: 'skip', detail: 'no token (see the credentials step)' });
     return out;
   }
   try {
-    const database = l.upstream.database ?? o.database ?? 'postgres';
-    const session = await login(tlsSocket, {
-      version: PROTOCOL_3_0,
-      params: [
-        ['user', user],
-        ['database', database],
-      ],
-      user,
-      secret: Promise.resolve(secret),
+    await session.login(secret);
+    add({
+      step: 'login',
+      status: 'ok',
+      detail: `logged in as ${user}${session.database ? ` to ${session.database}` : ''}`,
     });
-    session.socket.destroy();
-    add({ step: 'login', status: 'ok', detail: `logged in as ${user} to ${database}` });
   } catch (err) {
     const e = asProxyError(err);
     const sqlState = e.serverError?.sqlState;
-    if (sqlState === '3D000') {
+    if (sqlState === '3D000' || e.serverError?.errno === 1049) {
       add({
         step: 'login',
         status: 'ok',
         detail: `authenticated as ${user} (${e.message}; pass --database to pick one)`,
       });
     } else {
+      const code = sqlState
+        ? ` (SQLSTATE ${sqlState}${e.serverError?.errno ? `, errno ${e.serverError.errno}` : ''})`
+        : '';
       add({
         step: 'login',
         status: 'fail',
-        detail: `${e.message}${sqlState ? ` (SQLSTATE ${sqlState})` : ''}`,
+        detail: `${e.message}${code}`,
         ...(e.code === ErrorCode.UpstreamAuth
           ? { causes: LOGIN_CAUSES(l, user), fix: 'fix the first cause that applies, then run doctor again' }
           : {}),
       });
     }
+  } finally {
+    session.close();
   }
   return out;
 }
+
+/** An upstream connection verified up to TLS, ready for one login attempt. */
+interface ProbeSession {
+  tls: tls.TLSSocket;
+  database: string | undefined;
+  login(secret: string): Promise<void>;
+  close(): void;
+}
+type Probe = (target: PgTarget, user: string, database: string | undefined) => Promise<ProbeSession>;
+
+const postgresProbe: Probe = async (target, user, database) => {
+  const s = await connectTls(target);
+  const db = database ?? 'postgres';
+  return {
+    tls: s,
+    database: db,
+    async login(secret) {
+      await login(s, {
+        version: PROTOCOL_3_0,
+        params: [
+          ['user', user],
+          ['database', db],
+        ],
+        user,
+        secret: Promise.resolve(secret),
+      });
+    },
+    close: () => s.destroy(),
+  };
+};
+
+const mysqlProbe: Probe = async (target, user, database) => {
+  const up = await mysqlOpen(target);
+  const client: HandshakeResponse = {
+    capabilities:
+      Cap.LONG_PASSWORD |
+      Cap.PROTOCOL_41 |
+      Cap.SECURE_CONNECTION |
+      Cap.PLUGIN_AUTH |
+      Cap.TRANSACTIONS |
+      Cap.MULTI_RESULTS,
+    mariadbCapabilities: 0,
+    maxPacketSize: 16 * 1024 * 1024,
+    charset: 45, // utf8mb4_general_ci
+    user,
+    authData: Buffer.alloc(0),
+  };
+  const response = mysqlUpstreamResponse(client, up.greeting, user, database);
+  const s = await mysqlStartTls(up, response, target);
+  return {
+    tls: s,
+    database,
+    async login(secret) {
+      await mysqlLogin(up, response, { mode: 'iam', secret: async () => secret, host: target.dial.host });
+    },
+    close: () => up.leg.destroy(),
+  };
+};
 
 /** Renders the steps for a terminal: one line each, causes and fix indented under failures. */
 export function formatReport(steps: DoctorStep[]): string {

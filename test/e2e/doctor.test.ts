@@ -171,3 +171,55 @@ test('doctor names the credentials step when no source has credentials', async (
     /Could not load credentials from any providers/,
   );
 });
+
+describe('doctor against MariaDB', () => {
+  let maria: import('../harness/mariadb').RdsLikeMariaDb;
+  beforeAll(async () => {
+    const { startRdsLikeMariaDb } = await import('../harness/mariadb');
+    maria = await startRdsLikeMariaDb();
+  });
+  afterAll(async () => {
+    await maria?.stop();
+  });
+
+  const run = async (region: string) => {
+    const file = path.join(dir, `maria-${region}.yaml`);
+    writeFileSync(
+      file,
+      [
+        'listeners:',
+        '  - name: mysql',
+        '    engine: mysql',
+        '    listen: 127.0.0.1:0',
+        '    upstream:',
+        `      host: ${maria.host}`,
+        `      port: ${maria.port}`,
+        `      address: ${maria.address}`,
+        '      user: alice',
+        '      database: appdb',
+        `      tls: { ca: ${maria.caFile} }`,
+        `    auth: { mode: iam, region: ${region} }`,
+        '',
+      ].join('\n'),
+    );
+    const r = await cli(['doctor', '--config', file, '--json']);
+    return { code: r.code, steps: (JSON.parse(r.stdout) as { steps: Step[] }).steps };
+  };
+
+  test('passes TLS and a real mysql_clear_password login', async () => {
+    const d = await run(maria.region);
+    expect(d.steps.filter((s) => s.status === 'fail')).toEqual([]);
+    expect(d.code).toBe(0);
+    expect(d.steps.find((s) => s.step === 'tls')?.detail).toMatch(/issuer CN=rds-iam-proxy test CA/);
+    expect(d.steps.find((s) => s.step === 'login')?.detail).toBe('logged in as alice to appdb');
+  });
+
+  test('names the login step, with the AWSAuthenticationPlugin cause, when the token is refused', async () => {
+    const d = await run('ap-south-1');
+    expect(d.code).toBe(1);
+    const login = d.steps.find((s) => s.step === 'login');
+    expect(login?.status).toBe('fail');
+    expect(login?.detail).toMatch(/Access denied for user 'alice'.*errno 1045/);
+    expect(login?.causes?.join('\n')).toMatch(/AWSAuthenticationPlugin/);
+  });
+});
