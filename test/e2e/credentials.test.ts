@@ -225,6 +225,48 @@ test('Aurora DSQL tokens: DbConnectAdmin for admin, DbConnect for other roles', 
   ]);
 });
 
+test('temporary credentials from IMDS sign a token that logs into the RDS-like MariaDB through the proxy', async () => {
+  delete process.env['AWS_EC2_METADATA_DISABLED'];
+  const { startRdsLikeMariaDb } = await import('../harness/mariadb');
+  const maria = await startRdsLikeMariaDb();
+  const registered = fake.options.onIssue;
+  fake.options.onIssue = (id, secret) => {
+    registered(id, secret);
+    maria.keys[id] = secret;
+  };
+  try {
+    const p = await startTestProxy(
+      {
+        aws: { imdsEndpoint: fake.url },
+        listeners: [
+          {
+            name: 'mysql',
+            engine: 'mysql',
+            listen: '127.0.0.1:0',
+            upstream: { host: maria.host, port: maria.port, address: maria.address, tls: { ca: maria.caFile } },
+            auth: { mode: 'iam', region: maria.region },
+            client: { tls: 'off' },
+          },
+        ],
+      },
+      { realAws: true },
+    );
+    proxies.push(p);
+    const mysql = await import('mysql2/promise');
+    const conn = await mysql.createConnection({ host: '127.0.0.1', port: p.port('mysql'), user: 'alice', database: 'appdb' });
+    const [rows] = await conn.query('select current_user() as u');
+    await conn.end();
+    expect((rows as { u: string }[])[0]?.u).toMatch(/^alice@/);
+    const last = maria.verifier.entries.at(-1);
+    expect(last?.ok).toBe(true);
+    expect(last?.tokenLength).toBeGreaterThan(1024);
+    expect(fake.issued.at(-1)?.via).toBe('imds');
+  } finally {
+    fake.options.onIssue = registered;
+    await maria.stop();
+  }
+});
+
 test('no outbound connection goes anywhere but the configured local endpoints', () => {
   expect(connects.length).toBeGreaterThan(10);
   const foreign = connects.filter((c) => !/^(127\.0\.0\.1|localhost|::1):|^\//.test(c));
