@@ -243,7 +243,12 @@ test('temporary credentials from IMDS sign a token that logs into the RDS-like M
             name: 'mysql',
             engine: 'mysql',
             listen: '127.0.0.1:0',
-            upstream: { host: maria.host, port: maria.port, address: maria.address, tls: { ca: maria.caFile } },
+            upstream: {
+              host: maria.host,
+              port: maria.port,
+              address: maria.address,
+              tls: { ca: maria.caFile },
+            },
             auth: { mode: 'iam', region: maria.region },
             client: { tls: 'off' },
           },
@@ -253,7 +258,12 @@ test('temporary credentials from IMDS sign a token that logs into the RDS-like M
     );
     proxies.push(p);
     const mysql = await import('mysql2/promise');
-    const conn = await mysql.createConnection({ host: '127.0.0.1', port: p.port('mysql'), user: 'alice', database: 'appdb' });
+    const conn = await mysql.createConnection({
+      host: '127.0.0.1',
+      port: p.port('mysql'),
+      user: 'alice',
+      database: 'appdb',
+    });
     const [rows] = await conn.query('select current_user() as u');
     await conn.end();
     expect((rows as { u: string }[])[0]?.u).toMatch(/^alice@/);
@@ -261,6 +271,19 @@ test('temporary credentials from IMDS sign a token that logs into the RDS-like M
     expect(last?.ok).toBe(true);
     expect(last?.tokenLength).toBeGreaterThan(1024);
     expect(fake.issued.at(-1)?.via).toBe('imds');
+
+    // Revoke the key behind the cached token: the proxy retries once with fresh credentials.
+    delete maria.keys[fake.issued.at(-1)?.accessKeyId as string];
+    const before = maria.verifier.entries.length;
+    const again = await mysql.createConnection({
+      host: '127.0.0.1',
+      port: p.port('mysql'),
+      user: 'alice',
+      database: 'appdb',
+    });
+    await again.query('select 1');
+    await again.end();
+    expect(maria.verifier.entries.slice(before).map((x) => x.ok)).toEqual([false, true]);
   } finally {
     fake.options.onIssue = registered;
     await maria.stop();

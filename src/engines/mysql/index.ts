@@ -258,7 +258,7 @@ class MysqlConnection implements EngineConnection {
     const e = this.engine;
     const l = e.o.listener;
     const t0 = performance.now();
-    const up = await openUpstream(e.target, this.timings);
+    let up = await openUpstream(e.target, this.timings);
     this.up = up.leg;
     this.checkAborted();
 
@@ -301,13 +301,43 @@ class MysqlConnection implements EngineConnection {
     const upstreamUser = l.upstream.user ?? response.user;
     this.info.upstreamUser = upstreamUser;
     const database = l.upstream.database ?? response.database;
-    const upResponse = upstreamResponse(response, up.greeting, upstreamUser, database);
-    const secret = e.o.secrets.getToken(e.tokenRequest(upstreamUser));
-    secret.catch(() => undefined); // awaited after TLS; a failure then is reported there
-    const tlsSocket = await startTls(up, upResponse, e.target, this.timings);
-    this.checkAborted();
-    this.info.tlsCipher = tlsSocket.getCipher()?.name;
-    const ok = await login(up, upResponse, e.credentials(upstreamUser, secret), this.timings);
+    const req = e.tokenRequest(upstreamUser);
+    let upResponse: HandshakeResponse;
+    let tlsSocket: tls.TLSSocket;
+    let ok: Buffer;
+    for (let attempt = 1; ; attempt++) {
+      const started = Date.now();
+      upResponse = upstreamResponse(response, up.greeting, upstreamUser, database);
+      const secret = e.o.secrets.getToken(req);
+      secret.catch(() => undefined); // awaited after TLS; a failure then is reported there
+      tlsSocket = await startTls(up, upResponse, e.target, this.timings);
+      this.checkAborted();
+      this.info.tlsCipher = tlsSocket.getCipher()?.name;
+      try {
+        ok = await login(up, upResponse, e.credentials(upstreamUser, secret), this.timings);
+        break;
+      } catch (err) {
+        // A refused token that came from the cache (revoked or rotated credentials): refresh the
+        // credentials, mint anew and log in once more on a fresh upstream connection.
+        const minted = e.o.secrets.mintedAt?.(req);
+        if (
+          attempt > 1 ||
+          minted === undefined ||
+          minted >= started ||
+          !(err instanceof ProxyError) ||
+          err.code !== ErrorCode.UpstreamAuth
+        )
+          throw err;
+        e.o.secrets.invalidate(req);
+        this.log.info(
+          { errno: err.serverError?.errno },
+          'upstream refused a cached token; retrying once with fresh credentials',
+        );
+        up.leg.destroy();
+        up = await openUpstream(e.target, this.timings);
+        this.up = up.leg;
+      }
+    }
     if (this.leg.reader.closed)
       throw new ProxyError(ErrorCode.ClientProtocol, 'client went away during the upstream login');
     this.checkAborted();
