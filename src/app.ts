@@ -1,13 +1,18 @@
+import { isDeepStrictEqual } from 'node:util';
 import type { Config, Listener } from './config/schema';
+import { listenerRegion, upstreamPort } from './config/load';
 import { readSecret } from './config/secrets';
-import type { Logger } from './log';
+import { scrubSecrets, type Logger } from './log';
 import { type Dialer, loadUpstreamCa, tcpDialer } from './net/dial';
 import { LocalTls } from './net/localTls';
 import type { TokenMinter, TokenSource } from './credentials/tokens';
 import { CredentialsHub } from './credentials/hub';
 import { CancelRegistry, PostgresEngine } from './engines/postgres';
+import { MysqlEngine } from './engines/mysql';
 import type { Engine } from './proxy/engine';
 import { ProxyListener } from './proxy/listener';
+import { ConnectionLimits, LoginGate } from './proxy/limits';
+import { metrics, setClockSkew, setCredentialsExpiry } from './admin/metrics';
 import { ErrorCode, ProxyError } from './errors';
 
 /** Outside dependencies, injectable for tests; real ones by default. */
@@ -19,18 +24,69 @@ export interface AppDeps {
   env?: NodeJS.ProcessEnv;
 }
 
-/** A running proxy: its listeners and a way to stop them. */
+/** A running proxy: its listeners, limits, readiness, reload and shutdown. */
 export interface ProxyApp {
-  listeners: ProxyListener[];
-  localTls: LocalTls;
+  /** The listeners accepting connections now (replaced ones still carrying sessions are not here). */
+  readonly listeners: ProxyListener[];
+  readonly localTls: LocalTls;
+  /** The config in force (the last one applied by reload). */
+  readonly config: Config;
+  /** Open connections, including those on listeners replaced or removed by a reload. */
+  connections(): number;
+  /** Closes every listening socket; sessions continue. */
+  stopAccepting(): Promise<void>;
+  /** Resolves when no connection is open on any listener, old or current. */
+  whenIdle(): Promise<void>;
+  /** Ends every connection: handshaking clients get `err` in their protocol (default: shutdown), spliced ones are closed. */
+  closeAll(err?: ProxyError): void;
+  /** Applies a new config without dropping sessions; throws (and changes nothing) when it cannot. */
+  reload(next: Config): Promise<ReloadSummary>;
+  /** Per listener: bound, and a secret can be produced for it (cached briefly). Never contains a secret. */
+  readiness(): Promise<ListenerReadiness[]>;
   /** Stops accepting, then closes every connection. */
   close(): Promise<void>;
 }
 
+/** What a reload did, by listener name. */
+export interface ReloadSummary {
+  added: string[];
+  changed: string[];
+  removed: string[];
+  unchanged: string[];
+}
+
+/** One listener's readiness, as /readyz reports it. */
+export interface ListenerReadiness {
+  listener: string;
+  ready: boolean;
+  /** The listening socket is bound. */
+  bound: boolean;
+  address: string;
+  /** What is not ready (no secret in it). */
+  reason?: string;
+}
+
+/** How long a readiness check of a listener's secret source is reused, milliseconds. */
+export const READINESS_CACHE_MS = 5_000;
+/** The database user a readiness check signs a token for when the listener has no fixed upstream.user. */
+export const READINESS_PROBE_USER = 'rds_iam_proxy_readyz';
+
 /** Builds the engine for a listener; throws ProxyError(Config) for unusable settings. */
-function buildEngine(l: Listener, shared: { credentials: CredentialsHub; localTls: LocalTls; cancels: CancelRegistry; dialer: Dialer; env: NodeJS.ProcessEnv }): Engine {
+function buildEngine(
+  l: Listener,
+  shared: {
+    credentials: CredentialsHub;
+    localTls: LocalTls;
+    cancels: CancelRegistry;
+    dialer: Dialer;
+    env: NodeJS.ProcessEnv;
+  },
+): Engine {
   const secrets: TokenSource = shared.credentials.sourceFor(l);
-  const localUsers = l.client.users.map((u) => ({ name: u.name, password: readSecret(u.password, shared.env) }));
+  const localUsers = l.client.users.map((u) => ({
+    name: u.name,
+    password: readSecret(u.password, shared.env),
+  }));
   const common = {
     listener: l,
     dialer: shared.dialer,
@@ -43,7 +99,7 @@ function buildEngine(l: Listener, shared: { credentials: CredentialsHub; localTl
     case 'postgres':
       return new PostgresEngine({ ...common, cancels: shared.cancels });
     case 'mysql':
-      throw new ProxyError(ErrorCode.Config, `listener ${l.name}: engine mysql is not available in this build`);
+      return new MysqlEngine(common);
     default: {
       const never: never = l.engine;
       throw new ProxyError(ErrorCode.Config, `unknown engine ${String(never)}`);
@@ -51,38 +107,278 @@ function buildEngine(l: Listener, shared: { credentials: CredentialsHub; localTl
   }
 }
 
+type Shared = {
+  credentials: CredentialsHub;
+  localTls: LocalTls;
+  cancels: CancelRegistry;
+  dialer: Dialer;
+  env: NodeJS.ProcessEnv;
+};
+
+/** A configured listener and what it runs with. */
+interface Entry {
+  cfg: Listener;
+  listener: ProxyListener;
+  /** Cached result of the last secret-source check: undefined = ok, else the reason. */
+  probe?: { at: number; result: Promise<string | undefined> };
+  shared: Shared;
+}
+
 /** Starts every listener in `cfg`. On a bind failure the ones already started are closed. */
 export async function startProxy(cfg: Config, deps: AppDeps): Promise<ProxyApp> {
-  const log = deps.log;
-  const localTls = new LocalTls(cfg.localTls.caFile);
-  const shared = {
-    credentials: new CredentialsHub(cfg, { log, ...(deps.minter ? { minter: deps.minter } : {}), ...(deps.env ? { env: deps.env } : {}) }),
-    localTls,
-    cancels: new CancelRegistry(),
-    dialer: deps.dialer ?? tcpDialer,
-    env: deps.env ?? process.env,
-  };
-  const listeners = cfg.listeners.map(
-    (l) => new ProxyListener(l.name, l.listen, buildEngine(l, shared), log, l.handshakeTimeoutMs),
-  );
-  const started: ProxyListener[] = [];
-  try {
-    for (const pl of listeners) {
-      await pl.start();
-      started.push(pl);
-    }
-  } catch (err) {
-    await Promise.all(started.map((s) => s.stopAccepting()));
-    throw err;
+  const app = new App(cfg, deps);
+  await app.start();
+  return app;
+}
+
+class App implements ProxyApp {
+  private cfg: Config;
+  private shared: Shared;
+  private readonly entries = new Map<string, Entry>();
+  /** Listeners replaced or removed by a reload, until their last session ends. */
+  private readonly retired = new Set<ProxyListener>();
+  private readonly limits: ConnectionLimits;
+  private readonly logins: LoginGate;
+  private readonly log: Logger;
+
+  constructor(
+    cfg: Config,
+    private readonly deps: AppDeps,
+  ) {
+    this.cfg = cfg;
+    this.log = deps.log;
+    this.shared = this.buildShared(cfg);
+    this.limits = new ConnectionLimits(cfg.limits.maxConnections);
+    this.logins = new LoginGate(cfg.limits, undefined, (n) => metrics.loginQueue(n));
   }
-  if (cfg.listeners.some((l) => l.client.tls === 'auto')) log.info({ caFile: localTls.caPath }, 'local TLS CA written');
-  return {
-    listeners,
-    localTls,
-    async close() {
-      await Promise.all(listeners.map((l) => l.stopAccepting()));
-      for (const l of listeners) l.closeAll();
-      shared.credentials.close();
-    },
-  };
+
+  get listeners(): ProxyListener[] {
+    return [...this.entries.values()].map((e) => e.listener);
+  }
+
+  get localTls(): LocalTls {
+    return this.shared.localTls;
+  }
+
+  get config(): Config {
+    return this.cfg;
+  }
+
+  async start(): Promise<void> {
+    const entries = this.cfg.listeners.map((l) => this.entryFor(l, this.shared));
+    const started: ProxyListener[] = [];
+    try {
+      for (const e of entries) {
+        await e.listener.start();
+        started.push(e.listener);
+      }
+    } catch (err) {
+      await Promise.all(started.map((s) => s.stopAccepting()));
+      this.shared.credentials.close();
+      throw err;
+    }
+    for (const e of entries) this.entries.set(e.cfg.name, e);
+    if (this.cfg.listeners.some((l) => l.client.tls === 'auto'))
+      this.log.info({ caFile: this.localTls.caPath }, 'local TLS CA written');
+  }
+
+  connections(): number {
+    let n = 0;
+    for (const l of this.allListeners()) n += l.connections;
+    return n;
+  }
+
+  async stopAccepting(): Promise<void> {
+    await Promise.all(this.listeners.map((l) => l.stopAccepting()));
+  }
+
+  async whenIdle(): Promise<void> {
+    while (this.connections() > 0) await Promise.all(this.allListeners().map((l) => l.whenIdle()));
+  }
+
+  closeAll(err?: ProxyError): void {
+    for (const l of this.allListeners()) l.closeAll(err);
+  }
+
+  async close(): Promise<void> {
+    await this.stopAccepting();
+    this.closeAll();
+    this.logins.close();
+    this.shared.credentials.close();
+  }
+
+  async readiness(): Promise<ListenerReadiness[]> {
+    return Promise.all(
+      [...this.entries.values()].map(async (e): Promise<ListenerReadiness> => {
+        const bound = e.listener.listening;
+        const address = e.listener.address();
+        if (!bound) return { listener: e.cfg.name, ready: false, bound, address, reason: 'not listening' };
+        const reason = await this.probe(e);
+        return {
+          listener: e.cfg.name,
+          ready: reason === undefined,
+          bound,
+          address,
+          ...(reason ? { reason } : {}),
+        };
+      }),
+    );
+  }
+
+  async reload(next: Config): Promise<ReloadSummary> {
+    const prev = this.cfg;
+    const sharedChanged =
+      !isDeepStrictEqual(prev.aws, next.aws) || !isDeepStrictEqual(prev.tokens, next.tokens);
+    const tlsChanged = !isDeepStrictEqual(prev.localTls, next.localTls);
+    const summary: ReloadSummary = { added: [], changed: [], removed: [], unchanged: [] };
+    // 1. Build everything new first: a config problem aborts the reload with nothing changed.
+    const shared: Shared =
+      sharedChanged || tlsChanged
+        ? {
+            ...this.shared,
+            ...(sharedChanged ? { credentials: this.hub(next) } : {}),
+            ...(tlsChanged ? { localTls: new LocalTls(next.localTls.caFile) } : {}),
+          }
+        : this.shared;
+    const plan: { entry: Entry; old: Entry | undefined }[] = [];
+    try {
+      for (const l of next.listeners) {
+        const old = this.entries.get(l.name);
+        if (old && isDeepStrictEqual(old.cfg, l) && old.shared === shared) {
+          summary.unchanged.push(l.name);
+          continue;
+        }
+        // Unchanged listeners keep their shared parts; changed ones pick up the new ones.
+        plan.push({ entry: this.entryFor(l, shared), old });
+      }
+    } catch (err) {
+      if (shared.credentials !== this.shared.credentials) shared.credentials.close();
+      throw err;
+    }
+    const removed = [...this.entries.values()].filter(
+      (e) => !next.listeners.some((l) => l.name === e.cfg.name),
+    );
+    // 2. Bind new addresses (an address in use fails the reload before anything changes).
+    const sameBind = (p: (typeof plan)[number]): boolean =>
+      p.old !== undefined && isDeepStrictEqual(p.old.cfg.listen, p.entry.cfg.listen);
+    const started: ProxyListener[] = [];
+    try {
+      for (const p of plan) {
+        if (sameBind(p)) continue;
+        await p.entry.listener.start();
+        started.push(p.entry.listener);
+      }
+    } catch (err) {
+      await Promise.all(started.map((s) => s.stopAccepting()));
+      if (shared.credentials !== this.shared.credentials) shared.credentials.close();
+      throw err;
+    }
+    // 3. Commit: hand over or close old sockets; old listeners keep their sessions until they end.
+    for (const p of plan) {
+      if (p.old) {
+        if (sameBind(p)) p.entry.listener.adopt(p.old.listener);
+        else await p.old.listener.stopAccepting();
+        this.retire(p.old.listener);
+        summary.changed.push(p.entry.cfg.name);
+      } else {
+        summary.added.push(p.entry.cfg.name);
+      }
+      this.entries.set(p.entry.cfg.name, p.entry);
+    }
+    for (const e of removed) {
+      await e.listener.stopAccepting();
+      this.retire(e.listener);
+      this.entries.delete(e.cfg.name);
+      summary.removed.push(e.cfg.name);
+    }
+    // Keep the config's listener order.
+    const order = new Map(next.listeners.map((l, i) => [l.name, i]));
+    const sorted = [...this.entries.entries()].sort(([a], [b]) => (order.get(a) ?? 0) - (order.get(b) ?? 0));
+    this.entries.clear();
+    for (const [k, v] of sorted) this.entries.set(k, v);
+    // A replaced hub stops its background refreshes; old listeners' last handshakes still mint on demand.
+    if (shared.credentials !== this.shared.credentials) this.shared.credentials.close();
+    this.shared = shared;
+    this.limits.update(next.limits.maxConnections);
+    this.logins.update(next.limits);
+    this.log.level = next.log.level;
+    this.cfg = next;
+    if (tlsChanged && next.listeners.some((l) => l.client.tls === 'auto'))
+      this.log.info({ caFile: this.localTls.caPath }, 'local TLS CA written');
+    return summary;
+  }
+
+  private allListeners(): ProxyListener[] {
+    return [...this.listeners, ...this.retired];
+  }
+
+  private retire(l: ProxyListener): void {
+    this.retired.add(l);
+    void l.whenIdle().then(() => this.retired.delete(l));
+  }
+
+  private buildShared(cfg: Config): Shared {
+    return {
+      credentials: this.hub(cfg),
+      localTls: new LocalTls(cfg.localTls.caFile),
+      cancels: new CancelRegistry(),
+      dialer: this.deps.dialer ?? tcpDialer,
+      env: this.deps.env ?? process.env,
+    };
+  }
+
+  private hub(cfg: Config): CredentialsHub {
+    const deps = this.deps;
+    return new CredentialsHub(cfg, {
+      log: deps.log,
+      ...(deps.minter ? { minter: deps.minter } : {}),
+      ...(deps.env ? { env: deps.env } : {}),
+      events: {
+        onMint: (req, token) => {
+          metrics.tokenMinted(req, token.expiresAt);
+          setCredentialsExpiry(token.credentialsExpiresAt);
+        },
+        onMintFailure: (req, _err, background) => metrics.tokenMintFailed(req, background),
+      },
+      onSkew: (s) => setClockSkew(s.offsetSeconds),
+    });
+  }
+
+  private entryFor(l: Listener, shared: Shared): Entry {
+    const listener = new ProxyListener(
+      l.name,
+      l.listen,
+      buildEngine(l, shared),
+      this.log,
+      {
+        handshakeTimeoutMs: l.handshakeTimeoutMs,
+        idleTimeoutMs: l.idleTimeoutMs,
+        maxConnections: l.maxConnections,
+      },
+      { connections: this.limits, logins: this.logins },
+    );
+    return { cfg: l, listener, shared };
+  }
+
+  /** Asks the listener's secret source for a secret (discarded at once), at most every READINESS_CACHE_MS. */
+  private probe(e: Entry): Promise<string | undefined> {
+    const now = Date.now();
+    if (e.probe && now - e.probe.at < READINESS_CACHE_MS) return e.probe.result;
+    const l = e.cfg;
+    const req = {
+      host: l.upstream.host,
+      port: upstreamPort(l),
+      user: l.upstream.user ?? READINESS_PROBE_USER,
+      region: listenerRegion(l) ?? '',
+    };
+    const result = e.shared.credentials
+      .sourceFor(l)
+      .getToken(req)
+      .then(
+        () => undefined,
+        (err: unknown) => `credentials: ${scrubSecrets(err instanceof Error ? err.message : String(err))}`,
+      );
+    e.probe = { at: now, result };
+    return result;
+  }
 }

@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import { loadConfig, ConfigError } from './config/load';
 import type { Config } from './config/schema';
 import { createLogger } from './log';
-import { startProxy } from './app';
+import { Runtime, resolveLogFormat } from './runtime';
 import { ExitCode, ProxyError } from './errors';
 import { version } from '../package.json';
 import { generateToken, type TokenFlags } from './commands/token';
@@ -25,25 +25,30 @@ function readConfig(flags: ConfigFlags): Config {
 function configOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('-c, --config <file>', 'YAML config file').env('RDS_IAM_PROXY_CONFIG'))
-    .option('--set <path=value>', 'override a config key, e.g. listeners.app.upstream.port=5433 (repeatable)', (v: string, prev: string[] = []) => [...prev, v])
+    .option(
+      '--set <path=value>',
+      'override a config key, e.g. listeners.app.upstream.port=5433 (repeatable)',
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
     .option('--log-level <level>', 'override log.level');
 }
 
+/**
+ * `run`: starts the proxy and its admin server, then lives until a signal. SIGTERM/SIGINT drain
+ * (src/runtime.ts), SIGHUP reloads the config from the same file, environment and flags.
+ */
 async function run(flags: ConfigFlags): Promise<void> {
   const cfg = readConfig(flags);
-  const format = cfg.log.format === 'auto' ? (process.stdout.isTTY ? 'pretty' : 'json') : cfg.log.format;
+  const { format, fallback } = resolveLogFormat(cfg.log.format, process.stdout.isTTY === true);
   const log = createLogger({ level: cfg.log.level, format });
-  const app = await startProxy(cfg, { log });
-  let stopping = false;
-  const stop = (signal: string): void => {
-    if (stopping) process.exit(ExitCode.Ok); // a second signal: leave now
-    stopping = true;
-    log.info({ signal }, 'shutting down');
-    app.close().then(() => process.exit(ExitCode.Ok));
-  };
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
-  log.info({ version, listeners: app.listeners.map((l) => ({ name: l.name, address: l.address() })) }, 'rds-iam-proxy ready');
+  if (fallback)
+    log.warn('log.format pretty needs the pino-pretty package, which is not installed; logging JSON');
+  const runtime = new Runtime({ config: cfg, load: () => readConfig(flags), log, version });
+  await runtime.start();
+  runtime.installSignals(process);
+  const code = await runtime.done;
+  log.flush?.();
+  process.exit(code);
 }
 
 function fail(err: unknown): never {
@@ -55,7 +60,9 @@ function fail(err: unknown): never {
     process.stderr.write(`rds-iam-proxy: ${err.message}${err.hint ? `\n  hint: ${err.hint}` : ''}\n`);
     process.exit(ExitCode.Failure);
   }
-  process.stderr.write(`rds-iam-proxy: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.stderr.write(
+    `rds-iam-proxy: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`,
+  );
   process.exit(ExitCode.Failure);
 }
 
@@ -65,20 +72,28 @@ const program = new Command()
   .version(version)
   .exitOverride((err) => process.exit(err.exitCode === 0 ? ExitCode.Ok : ExitCode.Usage));
 
-configOptions(program.command('run').description('start the proxy')).action((flags: ConfigFlags) => run(flags).catch(fail));
+configOptions(program.command('run').description('start the proxy')).action((flags: ConfigFlags) =>
+  run(flags).catch(fail),
+);
 
-configOptions(program.command('check').description('validate the config and exit (0 = valid)')).action((flags: ConfigFlags) => {
-  try {
-    const cfg = readConfig(flags);
-    process.stdout.write(`config OK: ${cfg.listeners.length} listener(s): ${cfg.listeners.map((l) => `${l.name} (${l.engine})`).join(', ')}\n`);
-  } catch (err) {
-    fail(err);
-  }
-});
+configOptions(program.command('check').description('validate the config and exit (0 = valid)')).action(
+  (flags: ConfigFlags) => {
+    try {
+      const cfg = readConfig(flags);
+      process.stdout.write(
+        `config OK: ${cfg.listeners.length} listener(s): ${cfg.listeners.map((l) => `${l.name} (${l.engine})`).join(', ')}\n`,
+      );
+    } catch (err) {
+      fail(err);
+    }
+  },
+);
 
 program
   .command('token')
-  .description('print an IAM auth token (drop-in for `aws rds generate-db-auth-token`); only the token goes to stdout')
+  .description(
+    'print an IAM auth token (drop-in for `aws rds generate-db-auth-token`); only the token goes to stdout',
+  )
   .requiredOption('--hostname <host>', 'database endpoint name')
   .requiredOption('--port <port>', 'database port')
   .requiredOption('--username <user>', 'database user')
@@ -96,7 +111,11 @@ program
     }
   });
 
-configOptions(program.command('doctor').description('check credentials, token, clock, DNS, TCP, TLS and a real login for each listener'))
+configOptions(
+  program
+    .command('doctor')
+    .description('check credentials, token, clock, DNS, TCP, TLS and a real login for each listener'),
+)
   .option('--json', 'machine-readable report')
   .option('--user <name>', 'database user to log in as when upstream.user is not set')
   .option('--database <name>', 'database for the test login')
@@ -104,13 +123,25 @@ configOptions(program.command('doctor').description('check credentials, token, c
     try {
       const cfg = readConfig(flags);
       const log = createLogger({ level: 'silent', format: 'json' });
-      const steps = await runDoctor(cfg, { log, ...(flags.user ? { user: flags.user } : {}), ...(flags.database ? { database: flags.database } : {}) });
+      const steps = await runDoctor(cfg, {
+        log,
+        ...(flags.user ? { user: flags.user } : {}),
+        ...(flags.database ? { database: flags.database } : {}),
+      });
       const failed = steps.some((s) => s.status === 'fail');
-      process.stdout.write((flags.json ? JSON.stringify({ ok: !failed, steps }, null, 2) : formatReport(steps)) + '\n');
+      process.stdout.write(
+        (flags.json ? JSON.stringify({ ok: !failed, steps }, null, 2) : formatReport(steps)) + '\n',
+      );
       process.exit(failed ? ExitCode.Failure : ExitCode.Ok);
     } catch (err) {
       if (flags.json && err instanceof ConfigError) {
-        process.stdout.write(JSON.stringify({ ok: false, steps: [{ listener: '*', step: 'config', status: 'fail', detail: err.message }] }, null, 2) + '\n');
+        process.stdout.write(
+          JSON.stringify(
+            { ok: false, steps: [{ listener: '*', step: 'config', status: 'fail', detail: err.message }] },
+            null,
+            2,
+          ) + '\n',
+        );
         process.exit(ExitCode.Config);
       }
       fail(err);

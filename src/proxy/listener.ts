@@ -1,19 +1,44 @@
 import net from 'node:net';
-import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
 import type { Logger } from '../log';
 import { parseListen, type ListenAddress } from '../config/load';
 import type { Engine } from './engine';
-import { runSession, type SessionResult } from './session';
+import { Session, type SessionResult } from './session';
+import { ConnectionLimits, type LoginGate } from './limits';
+import { metrics } from '../admin/metrics';
 import { ErrorCode, ProxyError } from '../errors';
+
+/** Per-listener settings from the config. */
+export interface ListenerSettings {
+  /** Deadline for a client's whole handshake, milliseconds. */
+  handshakeTimeoutMs: number;
+  /** Close spliced sessions idle this long, milliseconds; 0 = never. */
+  idleTimeoutMs?: number;
+  /** Open connections this listener accepts; 0 = unlimited. */
+  maxConnections?: number;
+}
+
+/** Limits shared by all listeners (the `limits` section); absent = unlimited. */
+export interface SharedLimits {
+  connections?: ConnectionLimits;
+  logins?: LoginGate;
+}
 
 /**
  * One bound address feeding one engine. Tracks its live connections so shutdown can drain
- * them. TCP binds default to 127.0.0.1; a unix socket path is replaced if a stale socket
- * file (nobody listening) is in the way.
+ * them and a reload can leave them running. TCP binds default to 127.0.0.1; a unix socket path is
+ * replaced if a stale socket file (nobody listening) is in the way, and made connectable by any
+ * user who can reach its directory (mode 0777, like PostgreSQL's). Connection limits are checked
+ * on accept; a refused client gets the engine's "too many connections" error.
  */
 export class ProxyListener {
   private server: net.Server | undefined;
-  private readonly live = new Set<net.Socket>();
+  private readonly live = new Map<net.Socket, Session | undefined>();
+  private readonly idleWaiters: (() => void)[] = [];
+  private readonly onServerError = (err: Error): void =>
+    this.log.error({ err, listener: this.name }, 'listener error');
+  private readonly onServerConnection = (s: net.Socket): void => this.onConnection(s);
+  private readonly connectionLimits: ConnectionLimits;
   readonly bind: ListenAddress;
 
   constructor(
@@ -21,38 +46,68 @@ export class ProxyListener {
     listen: string | number,
     private readonly engine: Engine,
     private readonly log: Logger,
-    private readonly handshakeTimeoutMs: number,
-    /** Told about every finished connection (metrics). */
+    private readonly settings: ListenerSettings,
+    private readonly shared: SharedLimits = {},
+    /** Told about every finished connection. */
     private readonly onResult: (r: SessionResult) => void = () => undefined,
   ) {
     this.bind = parseListen(listen);
+    this.connectionLimits = shared.connections ?? new ConnectionLimits();
   }
 
-  /** Number of connections currently open (handshaking or spliced). */
+  /** Number of connections currently open (queued, handshaking or spliced). */
   get connections(): number {
     return this.live.size;
   }
 
+  /** True while this listener accepts connections. */
+  get listening(): boolean {
+    return this.server?.listening ?? false;
+  }
+
   /** Resolves once bound; rejects with a ProxyError naming the address on failure. */
   async start(): Promise<void> {
-    const server = net.createServer({ noDelay: true, pauseOnConnect: false }, (s) => this.onConnection(s));
-    this.server = server;
+    const server = net.createServer({ noDelay: true, pauseOnConnect: false });
     if (this.bind.kind === 'unix') await removeStaleSocket(this.bind.path);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(new ProxyError(ErrorCode.Config, `listener ${this.name} cannot listen on ${this.address()}: ${err.code ?? err.message}`, { cause: err })),
+        reject(
+          new ProxyError(
+            ErrorCode.Config,
+            `listener ${this.name} cannot listen on ${this.address()}: ${err.code ?? err.message}`,
+            { cause: err },
+          ),
+        ),
       );
       if (this.bind.kind === 'unix') server.listen(this.bind.path, resolve);
       else server.listen({ host: this.bind.host, port: this.bind.port }, resolve);
     });
-    server.on('error', (err) => this.log.error({ err }, 'listener error'));
+    server.removeAllListeners('error');
+    // Like PostgreSQL's default unix_socket_permissions (0777), whatever the umask: who may
+    // connect is decided by the directory's permissions, as for a loopback port by the host.
+    if (this.bind.kind === 'unix') chmodSync(this.bind.path, 0o777);
+    this.attach(server);
     this.log.info({ listener: this.name, address: this.address() }, 'listening');
+  }
+
+  /**
+   * Takes over `old`'s bound socket (a reload that changed this listener but not its address):
+   * new connections come here from now on, with no moment where the address is unbound, while
+   * `old` keeps the sessions it already carries.
+   */
+  adopt(old: ProxyListener): void {
+    const server = old.server;
+    if (!server) throw new Error(`listener ${old.name} has no bound socket to hand over`);
+    old.detach();
+    this.attach(server);
+    this.log.info({ listener: this.name, address: this.address() }, 'listening (taken over on reload)');
   }
 
   /** The bound address (with the real port when 0 was asked for). */
   address(): string {
     const a = this.server?.address();
-    if (a && typeof a === 'object') return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+    if (a && typeof a === 'object')
+      return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
     if (typeof a === 'string') return a;
     return this.bind.kind === 'unix' ? this.bind.path : `${this.bind.host}:${this.bind.port}`;
   }
@@ -63,29 +118,95 @@ export class ProxyListener {
     return a && typeof a === 'object' ? a.port : 0;
   }
 
-  /** Stops accepting; existing connections continue. */
+  /**
+   * Stops accepting (the listening socket is closed now; a unix socket file is removed); existing
+   * connections continue. Resolves at once, not when they end (see whenIdle).
+   */
   async stopAccepting(): Promise<void> {
     const s = this.server;
     if (!s) return;
-    await new Promise<void>((resolve) => s.close(() => resolve()));
+    this.detach();
+    await new Promise<void>((resolve) => {
+      s.close();
+      setImmediate(resolve);
+    });
   }
 
-  /** Closes every open connection with the engine's shutdown error, or destroys it if spliced. */
-  closeAll(): void {
-    for (const s of this.live) s.destroy();
+  /** Resolves when no connection is open. */
+  whenIdle(): Promise<void> {
+    if (this.live.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * Ends every open connection for a shutdown: queued and handshaking clients get `err` in their
+   * protocol (Postgres 57P01); spliced sessions are closed; anything else is destroyed.
+   */
+  closeAll(err: ProxyError = new ProxyError(ErrorCode.Shutdown, 'the proxy is shutting down')): void {
+    for (const [socket, session] of this.live) {
+      if (session) session.shutdown(err);
+      else socket.destroy();
+    }
+  }
+
+  private attach(server: net.Server): void {
+    server.on('connection', this.onServerConnection);
+    server.on('error', this.onServerError);
+    this.server = server;
+  }
+
+  private detach(): void {
+    this.server?.off('connection', this.onServerConnection);
+    this.server?.off('error', this.onServerError);
+    this.server = undefined;
   }
 
   private onConnection(socket: net.Socket): void {
-    this.live.add(socket);
-    socket.once('close', () => this.live.delete(socket));
-    runSession(socket, this.engine, this.log, { listener: this.name, handshakeTimeoutMs: this.handshakeTimeoutMs }).then(
-      (r) => this.onResult(r),
-      (err: unknown) => {
-        // runSession handles its own failures; this is a bug, logged and contained.
-        this.log.error({ err }, 'session crashed');
-        socket.destroy();
-      },
-    );
+    const refusal = this.connectionLimits.tryOpen(this.name, this.settings.maxConnections ?? 0);
+    if (refusal) {
+      metrics.connectionRefused(this.name, refusal.limit);
+      this.log.warn(
+        {
+          listener: this.name,
+          remote: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix',
+          limit: refusal.limit,
+        },
+        `refused: ${refusal.message}`,
+      );
+      this.engine.reject(
+        socket,
+        new ProxyError(ErrorCode.TooManyConnections, refusal.message, { hint: refusal.hint }),
+      );
+      return;
+    }
+    metrics.connectionOpened(this.name);
+    const session = new Session(socket, this.engine, this.log, {
+      listener: this.name,
+      handshakeTimeoutMs: this.settings.handshakeTimeoutMs,
+      idleTimeoutMs: this.settings.idleTimeoutMs ?? 0,
+      ...(this.shared.logins ? { loginGate: this.shared.logins } : {}),
+    });
+    this.live.set(socket, session);
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    const done = session.run().catch((err: unknown): SessionResult => {
+      // Session handles its own failures; this is a bug, logged and contained.
+      this.log.error({ err }, 'session crashed');
+      return { outcome: 'failed', errorCode: ErrorCode.Internal };
+    });
+    void done.then(async (result) => {
+      // The session is over; the client socket may still be delivering a last error message
+      // (engines destroy it within a second). Count the connection until it is gone.
+      if (!socket.destroyed) {
+        const t = setTimeout(() => socket.destroy(), 2000);
+        await closed;
+        clearTimeout(t);
+      }
+      this.live.delete(socket);
+      this.connectionLimits.release(this.name);
+      metrics.connectionClosed(this.name, result.outcome);
+      this.onResult(result);
+      if (this.live.size === 0) this.idleWaiters.splice(0).forEach((w) => w());
+    });
   }
 }
 

@@ -1,9 +1,20 @@
+import type net from 'node:net';
 import type { Duplex } from 'node:stream';
+import type { CloseReason } from '../admin/metrics';
 
 /** How a spliced session ended. */
 export interface SpliceEnd {
-  /** 'client closed', 'server closed', or the first socket error seen. */
+  /** 'client closed', 'server closed', 'idle timeout (N ms)', 'shutdown', or the first socket error seen. */
   reason: string;
+  /** The same, as a fixed vocabulary for metrics. */
+  kind: CloseReason;
+}
+
+export interface SpliceOptions {
+  /** Close both legs after this long with no bytes either way, milliseconds; 0 or absent = never. */
+  idleTimeoutMs?: number;
+  /** Aborting it closes both legs at once (shutdown deadline); the end's kind is 'shutdown'. */
+  signal?: AbortSignal;
 }
 
 /**
@@ -11,31 +22,54 @@ export interface SpliceEnd {
  * handshake are written first so nothing read ahead is lost. pipe() gives backpressure: a slow
  * reader pauses the fast writer instead of buffering in the proxy. Ownership of both sockets
  * passes here; both are destroyed when the promise resolves.
+ *
+ * This is the hot path: nothing here runs per chunk. The idle timeout is the sockets' own
+ * inactivity timer (socket.setTimeout, re-armed by libuv-level activity, not by JS per chunk).
  */
 export function splice(
   downstream: Duplex,
   upstream: Duplex,
   downstreamLeftover: Buffer,
   upstreamLeftover: Buffer,
+  opts: SpliceOptions = {},
 ): Promise<SpliceEnd> {
   return new Promise((resolve) => {
-    let reason: string | undefined;
-    const finish = (why: string): void => {
-      if (reason !== undefined) return;
-      reason = why;
+    let ended: SpliceEnd | undefined;
+    const finish = (reason: string, kind: CloseReason): void => {
+      if (ended !== undefined) return;
+      ended = { reason, kind };
+      opts.signal?.removeEventListener('abort', onAbort);
       downstream.destroy();
       upstream.destroy();
-      resolve({ reason });
+      resolve(ended);
     };
-    downstream.on('error', (err: NodeJS.ErrnoException) => finish(`client error: ${err.code ?? err.message}`));
-    upstream.on('error', (err: NodeJS.ErrnoException) => finish(`server error: ${err.code ?? err.message}`));
-    downstream.on('close', () => finish('client closed'));
-    upstream.on('close', () => finish('server closed'));
-    if (downstream.destroyed) return finish('client closed');
-    if (upstream.destroyed) return finish('server closed');
+    const onAbort = (): void => finish('shutdown', 'shutdown');
+    downstream.on('error', (err: NodeJS.ErrnoException) =>
+      finish(`client error: ${err.code ?? err.message}`, 'client_error'),
+    );
+    upstream.on('error', (err: NodeJS.ErrnoException) =>
+      finish(`server error: ${err.code ?? err.message}`, 'server_error'),
+    );
+    downstream.on('close', () => finish('client closed', 'client_closed'));
+    upstream.on('close', () => finish('server closed', 'server_closed'));
+    if (downstream.destroyed) return finish('client closed', 'client_closed');
+    if (upstream.destroyed) return finish('server closed', 'server_closed');
+    if (opts.signal?.aborted) return onAbort();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const idleMs = opts.idleTimeoutMs ?? 0;
+    if (idleMs > 0) {
+      // Every byte read on one leg is written on the other, so either leg's timer firing means
+      // both have been quiet for idleMs.
+      const onIdle = (): void => finish(`idle timeout (${idleMs} ms)`, 'idle_timeout');
+      for (const s of [downstream, upstream]) if (isSocket(s)) s.setTimeout(idleMs, onIdle);
+    }
     if (upstreamLeftover.length > 0) downstream.write(upstreamLeftover);
     if (downstreamLeftover.length > 0) upstream.write(downstreamLeftover);
     downstream.pipe(upstream);
     upstream.pipe(downstream);
   });
+}
+
+function isSocket(s: Duplex): s is net.Socket {
+  return typeof (s as Partial<net.Socket>).setTimeout === 'function';
 }

@@ -18,7 +18,8 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-const node = (args: string[], env: NodeJS.ProcessEnv = {}) => runProgram(process.execPath, [CLI, ...args], { env });
+const node = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+  runProgram(process.execPath, [CLI, ...args], { env });
 
 describe('check, --help, --version', () => {
   test('--version and --help', async () => {
@@ -95,7 +96,9 @@ describe('run', () => {
       AWS_REGION: 'us-east-1',
       AWS_EC2_METADATA_DISABLED: 'true',
     });
-    const ready = JSON.parse(await proc.waitForLine(/rds-iam-proxy ready/)) as { listeners: { address: string }[] };
+    const ready = JSON.parse(await proc.waitForLine(/rds-iam-proxy ready/)) as {
+      listeners: { address: string }[];
+    };
     port = Number(ready.listeners[0]?.address.split(':').pop());
   });
 
@@ -112,16 +115,22 @@ describe('run', () => {
     let peak = baseline;
     const sampler = setInterval(() => (peak = Math.max(peak, proc.rss())), 50);
     const rows = 210_000; // 210,000 rows x 1,001 bytes ~ 210 MB
-    const r = await psql(conn, ['-c', `\\copy (select repeat('x', 1000) from generate_series(1, ${rows})) to program 'wc -c'`], {
-      timeoutMs: 120_000,
-    });
+    const r = await psql(
+      conn,
+      ['-c', `\\copy (select repeat('x', 1000) from generate_series(1, ${rows})) to program 'wc -c'`],
+      {
+        timeoutMs: 120_000,
+      },
+    );
     clearInterval(sampler);
     expect(r.stderr).toBe('');
     // wc -c (run by psql) prints the byte count; psql adds the COPY tag.
     expect(r.stdout).toContain(`COPY ${rows}`);
     expect(r.stdout.split('\n').map((l) => l.trim())).toContain(String(rows * 1001));
     const mb = (n: number) => Math.round(n / 1048576);
-    console.log(`proxy RSS during a ${mb(rows * 1001)} MB COPY: baseline ${mb(baseline)} MB, peak ${mb(peak)} MB`);
+    console.log(
+      `proxy RSS during a ${mb(rows * 1001)} MB COPY: baseline ${mb(baseline)} MB, peak ${mb(peak)} MB`,
+    );
     // Backpressure keeps memory flat: growth is a small fraction of the result size.
     expect(peak - baseline).toBeLessThan(64 * 1048576);
   });

@@ -44,13 +44,20 @@ const base = (over: Partial<L> = {}): L => ({
   ...over,
 });
 
-async function proxyWith(l: L, o: { minter?: TokenMinter; env?: NodeJS.ProcessEnv } = {}): Promise<TestProxy> {
+async function proxyWith(
+  l: L,
+  o: { minter?: TokenMinter; env?: NodeJS.ProcessEnv } = {},
+): Promise<TestProxy> {
   const p = await startTestProxy({ listeners: [l] }, o);
   proxies.push(p);
   return p;
 }
 
-async function pgError(port: number, user = 'alice', extra: Record<string, unknown> = {}): Promise<DatabaseError> {
+async function pgError(
+  port: number,
+  user = 'alice',
+  extra: Record<string, unknown> = {},
+): Promise<DatabaseError> {
   const c = new Client({ host: '127.0.0.1', port, user, database: 'appdb', ...extra });
   c.on('error', () => undefined);
   try {
@@ -82,7 +89,9 @@ const badMinter = (o: { date?: Date; host?: string }): TokenMinter => ({
 describe('upstream failures', () => {
   test('unreachable upstream: 08001 naming host, address and errno', async () => {
     const closedPort = await freePort();
-    const p = await proxyWith(base({ upstream: { host: db.host, port: closedPort, address: '127.0.0.1', tls: { ca: db.caFile } } }));
+    const p = await proxyWith(
+      base({ upstream: { host: db.host, port: closedPort, address: '127.0.0.1', tls: { ca: db.caFile } } }),
+    );
     const err = await pgError(p.port('app'));
     expect(err.code).toBe('08001');
     expect(err.message).toContain(db.host);
@@ -95,7 +104,9 @@ describe('upstream failures', () => {
     const otherCa = path.join(dir, 'other-ca.pem');
     writeFileSync(otherCa, createCA('Some Other CA').cert);
     const before = db.verifier.entries.length;
-    const p = await proxyWith(base({ upstream: { host: db.host, port: db.port, address: db.address, tls: { ca: otherCa } } }));
+    const p = await proxyWith(
+      base({ upstream: { host: db.host, port: db.port, address: db.address, tls: { ca: otherCa } } }),
+    );
     const err = await pgError(p.port('app'));
     expect(err.code).toBe('08001');
     expect(err.message).toMatch(/certificate .* rejected/);
@@ -107,7 +118,16 @@ describe('upstream failures', () => {
 
   test('certificate for another name: 08001, and the token never reaches the server', async () => {
     const before = db.verifier.entries.length;
-    const p = await proxyWith(base({ upstream: { host: 'impostor.cluster-abc.us-east-1.rds.amazonaws.com', port: db.port, address: db.address, tls: { ca: db.caFile } } }));
+    const p = await proxyWith(
+      base({
+        upstream: {
+          host: 'impostor.cluster-abc.us-east-1.rds.amazonaws.com',
+          port: db.port,
+          address: db.address,
+          tls: { ca: db.caFile },
+        },
+      }),
+    );
     const err = await pgError(p.port('app'));
     expect(err.code).toBe('08001');
     expect(err.message).toMatch(/impostor.*rejected.*does not match certificate's altnames/);
@@ -133,15 +153,22 @@ describe('upstream failures', () => {
   });
 
   test('a token signed for another endpoint is refused', async () => {
-    const p = await proxyWith(base(), { minter: badMinter({ host: 'other.cluster-abc.us-east-1.rds.amazonaws.com' }) });
+    const p = await proxyWith(base(), {
+      minter: badMinter({ host: 'other.cluster-abc.us-east-1.rds.amazonaws.com' }),
+    });
     const err = await pgError(p.port('app'));
     expect(err.code).toBe('28000');
-    expect(db.verifier.entries.at(-1)).toMatchObject({ ok: false, reason: expect.stringMatching(/signed for other\.cluster/) });
+    expect(db.verifier.entries.at(-1)).toMatchObject({
+      ok: false,
+      reason: expect.stringMatching(/signed for other\.cluster/),
+    });
   });
 
   test('credentials unavailable: 28000 naming the source', async () => {
     const minter = new IamTokenMinter(async () => {
-      throw Object.assign(new Error('Could not load credentials from any providers'), { name: 'CredentialsProviderError' });
+      throw Object.assign(new Error('Could not load credentials from any providers'), {
+        name: 'CredentialsProviderError',
+      });
     });
     const before = db.verifier.entries.length;
     const p = await proxyWith(base(), { minter });
@@ -153,8 +180,13 @@ describe('upstream failures', () => {
   });
 
   test('auth.mode password logs in upstream with SCRAM-SHA-256', async () => {
-    const p = await proxyWith(base({ auth: { mode: 'password', password: { env: 'CAROL_PW' } } }), { env: { CAROL_PW: 'carol-db-pw' } });
-    const r = await psql(`host=127.0.0.1 port=${p.port('app')} user=carol dbname=appdb`, ['-c', 'select current_user']);
+    const p = await proxyWith(base({ auth: { mode: 'password', password: { env: 'CAROL_PW' } } }), {
+      env: { CAROL_PW: 'carol-db-pw' },
+    });
+    const r = await psql(`host=127.0.0.1 port=${p.port('app')} user=carol dbname=appdb`, [
+      '-c',
+      'select current_user',
+    ]);
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('carol');
     expect(p.logs.join('\n')).not.toContain('carol-db-pw');
@@ -165,15 +197,21 @@ describe('local client authentication', () => {
   let p: TestProxy;
   beforeAll(async () => {
     p = await proxyWith(
-      base({ client: { tls: 'auto', auth: 'password', users: [{ name: 'alice', password: { env: 'APP_PW' } }] } }),
+      base({
+        client: { tls: 'auto', auth: 'password', users: [{ name: 'alice', password: { env: 'APP_PW' } }] },
+      }),
       { env: { APP_PW: 'local-secret-pw' } },
     );
   });
 
   test('SCRAM-SHA-256 with the right password', async () => {
-    const r = await psql(`host=127.0.0.1 port=${p.port('app')} user=alice dbname=appdb sslmode=disable`, ['-c', 'select current_user'], {
-      env: { PGPASSWORD: 'local-secret-pw' },
-    });
+    const r = await psql(
+      `host=127.0.0.1 port=${p.port('app')} user=alice dbname=appdb sslmode=disable`,
+      ['-c', 'select current_user'],
+      {
+        env: { PGPASSWORD: 'local-secret-pw' },
+      },
+    );
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('alice');
   });
@@ -191,12 +229,23 @@ describe('local client authentication', () => {
 
   test('cleartext password over local TLS when passwordMethod is password', async () => {
     const q = await proxyWith(
-      base({ client: { tls: 'auto', auth: 'password', passwordMethod: 'password', users: [{ name: 'alice', password: { env: 'APP_PW' } }] } }),
+      base({
+        client: {
+          tls: 'auto',
+          auth: 'password',
+          passwordMethod: 'password',
+          users: [{ name: 'alice', password: { env: 'APP_PW' } }],
+        },
+      }),
       { env: { APP_PW: 'local-secret-pw' } },
     );
-    const r = await psql(`host=localhost port=${q.port('app')} user=alice dbname=appdb sslmode=verify-full sslrootcert=${q.app.localTls.caPath}`, ['-c', 'select 1'], {
-      env: { PGPASSWORD: 'local-secret-pw' },
-    });
+    const r = await psql(
+      `host=localhost port=${q.port('app')} user=alice dbname=appdb sslmode=verify-full sslrootcert=${q.app.localTls.caPath}`,
+      ['-c', 'select 1'],
+      {
+        env: { PGPASSWORD: 'local-secret-pw' },
+      },
+    );
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('1');
   });
@@ -268,7 +317,9 @@ describe('protocol edge cases and bad input', () => {
   });
 
   test('direct TLS (PG17 sslnegotiation=direct, ALPN postgresql)', async () => {
-    const c = await rawConnect(p.port('app'), { tls: { ALPNProtocols: ['postgresql'], ca: p.app.localTls.caCertificate(), servername: 'localhost' } });
+    const c = await rawConnect(p.port('app'), {
+      tls: { ALPNProtocols: ['postgresql'], ca: p.app.localTls.caCertificate(), servername: 'localhost' },
+    });
     expect((c.socket as import('node:tls').TLSSocket).alpnProtocol).toBe('postgresql');
     c.parse();
     c.socket.write(startup('alice', 'appdb'));
@@ -282,7 +333,8 @@ describe('protocol edge cases and bad input', () => {
     c.socket.write(startup('alice', 'appdb', PROTOCOL_3_2));
     // pg-protocol does not parse 'v'; check the raw bytes for it ahead of ReadyForQuery.
     const deadline = Date.now() + 10_000;
-    while (!c.received().includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49])) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    while (!c.received().includes(Buffer.from([0x5a, 0, 0, 0, 5, 0x49])) && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 20));
     const got = c.received();
     const v = got.indexOf(0x76);
     expect(v).toBeGreaterThanOrEqual(0);
@@ -293,17 +345,25 @@ describe('protocol edge cases and bad input', () => {
 
   test('random bytes never crash the proxy, and it keeps serving', async () => {
     await fc.assert(
-      fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 300 }), fc.boolean(), async (bytes, withHeader) => {
-        const c = await rawConnect(p.port('app'));
-        const payload = Buffer.from(bytes);
-        if (withHeader && payload.length >= 4) payload.writeInt32BE(Math.min(payload.length, 0x7fffffff), 0);
-        c.socket.write(payload);
-        c.socket.end();
-        await c.closed;
-      }),
+      fc.asyncProperty(
+        fc.uint8Array({ minLength: 1, maxLength: 300 }),
+        fc.boolean(),
+        async (bytes, withHeader) => {
+          const c = await rawConnect(p.port('app'));
+          const payload = Buffer.from(bytes);
+          if (withHeader && payload.length >= 4)
+            payload.writeInt32BE(Math.min(payload.length, 0x7fffffff), 0);
+          c.socket.write(payload);
+          c.socket.end();
+          await c.closed;
+        },
+      ),
       { numRuns: 150 },
     );
-    const r = await psql(`host=127.0.0.1 port=${p.port('app')} user=alice dbname=appdb sslmode=disable`, ['-c', 'select 7']);
+    const r = await psql(`host=127.0.0.1 port=${p.port('app')} user=alice dbname=appdb sslmode=disable`, [
+      '-c',
+      'select 7',
+    ]);
     expect(r.stdout.trim()).toBe('7');
   });
 });

@@ -17,23 +17,50 @@ let proxy: TestProxy;
 let sockDir: string;
 const UNIX_PORT = 6543;
 
-const url = (port: number, extra = ''): string => `host=127.0.0.1 port=${port} user=alice dbname=appdb sslmode=disable ${extra}`;
+const url = (port: number, extra = ''): string =>
+  `host=127.0.0.1 port=${port} user=alice dbname=appdb sslmode=disable ${extra}`;
 
 beforeAll(async () => {
   [db, db2] = await Promise.all([
     startRdsLikePostgres(),
-    startRdsLikePostgres({ endpoint: 'second.cluster-xyz987.eu-west-1.rds.amazonaws.com', region: 'eu-west-1', users: ['bob'] }),
+    startRdsLikePostgres({
+      endpoint: 'second.cluster-xyz987.eu-west-1.rds.amazonaws.com',
+      region: 'eu-west-1',
+      users: ['bob'],
+    }),
   ]);
   sockDir = mkdtempSync(path.join(os.tmpdir(), 'rip-sock-'));
-  const upstream = (d: RdsLikePg) => ({ host: d.host, port: d.port, address: d.address, tls: { ca: d.caFile } });
+  const upstream = (d: RdsLikePg) => ({
+    host: d.host,
+    port: d.port,
+    address: d.address,
+    tls: { ca: d.caFile },
+  });
   proxy = await startTestProxy({
     localTls: { caFile: path.join(sockDir, 'local-ca.pem') },
     listeners: [
-      { name: 'app', engine: 'postgres', listen: '127.0.0.1:0', upstream: upstream(db), client: { tls: 'auto', auth: 'trust' } },
+      {
+        name: 'app',
+        engine: 'postgres',
+        listen: '127.0.0.1:0',
+        upstream: upstream(db),
+        client: { tls: 'auto', auth: 'trust' },
+      },
       // region read from the endpoint name (eu-west-1)
       { name: 'second', engine: 'postgres', listen: '127.0.0.1:0', upstream: upstream(db2) },
-      { name: 'unix', engine: 'postgres', listen: path.join(sockDir, `.s.PGSQL.${UNIX_PORT}`), upstream: upstream(db), client: { tls: 'off' } },
-      { name: 'fixed', engine: 'postgres', listen: '127.0.0.1:0', upstream: { ...upstream(db), user: 'alice', database: 'otherdb' } },
+      {
+        name: 'unix',
+        engine: 'postgres',
+        listen: path.join(sockDir, `.s.PGSQL.${UNIX_PORT}`),
+        upstream: upstream(db),
+        client: { tls: 'off' },
+      },
+      {
+        name: 'fixed',
+        engine: 'postgres',
+        listen: '127.0.0.1:0',
+        upstream: { ...upstream(db), user: 'alice', database: 'otherdb' },
+      },
     ],
   });
 });
@@ -54,7 +81,10 @@ afterEach(() => {
 
 describe('psql', () => {
   test('logs in as the IAM user with a token over 1 KB, through verified TLS', async () => {
-    const r = await psql(url(proxy.port('app')), ['-c', 'select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()']);
+    const r = await psql(url(proxy.port('app')), [
+      '-c',
+      'select current_user, ssl from pg_stat_ssl where pid = pg_backend_pid()',
+    ]);
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('alice|t');
     const last = db.verifier.entries.at(-1);
@@ -66,7 +96,7 @@ describe('psql', () => {
     const r = await psql(url(proxy.port('app')), ['-q'], {
       input: [
         'create table copy_t (id int, name text);',
-        "\\copy copy_t from stdin with (format csv)",
+        '\\copy copy_t from stdin with (format csv)',
         '1,one',
         '2,two',
         '3,"three, with a comma"',
@@ -86,12 +116,18 @@ describe('psql', () => {
     );
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('42');
-    const rec = proxy.records().filter((x) => x['msg'] === 'logged in').at(-1);
+    const rec = proxy
+      .records()
+      .filter((x) => x['msg'] === 'logged in')
+      .at(-1);
     expect(rec?.['clientTls']).toBe(true);
   });
 
   test('a unix socket listener (.s.PGSQL.<port> in a directory)', async () => {
-    const r = await psql(`host=${sockDir} port=${UNIX_PORT} user=alice dbname=appdb`, ['-c', 'select current_database()']);
+    const r = await psql(`host=${sockDir} port=${UNIX_PORT} user=alice dbname=appdb`, [
+      '-c',
+      'select current_database()',
+    ]);
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('appdb');
   });
@@ -108,7 +144,10 @@ describe('psql', () => {
   test('two listeners reach two databases at once, each with its own token', async () => {
     const [a, b] = await Promise.all([
       psql(url(proxy.port('app')), ['-c', 'select current_user, inet_server_port()']),
-      psql(`host=127.0.0.1 port=${proxy.port('second')} user=bob dbname=appdb sslmode=disable`, ['-c', 'select current_user, inet_server_port()']),
+      psql(`host=127.0.0.1 port=${proxy.port('second')} user=bob dbname=appdb sslmode=disable`, [
+        '-c',
+        'select current_user, inet_server_port()',
+      ]),
     ]);
     expect(a.stdout.trim()).toBe(`alice|${db.port}`);
     expect(b.stdout.trim()).toBe(`bob|${db2.port}`);
@@ -116,10 +155,10 @@ describe('psql', () => {
   });
 
   test('upstream.user and upstream.database override what the client asks for', async () => {
-    const r = await psql(`host=127.0.0.1 port=${proxy.port('fixed')} user=someone dbname=whatever sslmode=disable`, [
-      '-c',
-      'select current_user, current_database()',
-    ]);
+    const r = await psql(
+      `host=127.0.0.1 port=${proxy.port('fixed')} user=someone dbname=whatever sslmode=disable`,
+      ['-c', 'select current_user, current_database()'],
+    );
     expect(r.stderr).toBe('');
     expect(r.stdout.trim()).toBe('alice|otherdb');
   });
@@ -127,7 +166,13 @@ describe('psql', () => {
 
 describe('pgbench', () => {
   test('initializes and runs select-only and TPC-B-like transactions with no failures', async () => {
-    const env = { PGHOST: '127.0.0.1', PGPORT: String(proxy.port('app')), PGUSER: 'alice', PGDATABASE: 'appdb', PGSSLMODE: 'disable' };
+    const env = {
+      PGHOST: '127.0.0.1',
+      PGPORT: String(proxy.port('app')),
+      PGUSER: 'alice',
+      PGDATABASE: 'appdb',
+      PGSSLMODE: 'disable',
+    };
     const init = await runProgram('pgbench', ['-i', '-s', '1', '-q'], { env });
     expect(init.code).toBe(0);
     const run = await runProgram('pgbench', ['-c', '4', '-j', '2', '-t', '100', '-n'], { env });
@@ -140,8 +185,16 @@ describe('pgbench', () => {
 });
 
 describe('node-postgres', () => {
-  const connect = async (extra: Partial<ConstructorParameters<typeof Client>[0] & object> = {}): Promise<Client> => {
-    const c = new Client({ host: '127.0.0.1', port: proxy.port('app'), user: 'alice', database: 'appdb', ...extra });
+  const connect = async (
+    extra: Partial<ConstructorParameters<typeof Client>[0] & object> = {},
+  ): Promise<Client> => {
+    const c = new Client({
+      host: '127.0.0.1',
+      port: proxy.port('app'),
+      user: 'alice',
+      database: 'appdb',
+      ...extra,
+    });
     await c.connect();
     return c;
   };
@@ -151,7 +204,10 @@ describe('node-postgres', () => {
     try {
       const simple = await c.query('select 1 as one; select 2 as two');
       expect(Array.isArray(simple)).toBe(true);
-      const ext = await c.query({ text: 'select $1::int + $2::int as sum, $3::text as t', values: [40, 2, 'héllo'] });
+      const ext = await c.query({
+        text: 'select $1::int + $2::int as sum, $3::text as t',
+        values: [40, 2, 'héllo'],
+      });
       expect(ext.rows).toEqual([{ sum: 42, t: 'héllo' }]);
       const named = { name: 'stmt1', text: 'select $1::text || $1::text as d', values: ['ab'] };
       expect((await c.query(named)).rows[0].d).toBe('abab');
@@ -185,7 +241,9 @@ describe('node-postgres', () => {
     const listener = await connect();
     const notifier = await connect();
     try {
-      const got = new Promise<{ channel: string; payload?: string }>((resolve) => listener.on('notification', resolve));
+      const got = new Promise<{ channel: string; payload?: string }>((resolve) =>
+        listener.on('notification', resolve),
+      );
       await listener.query('listen jobs');
       await notifier.query("select pg_notify('jobs', 'payload-1')");
       await expect(got).resolves.toMatchObject({ channel: 'jobs', payload: 'payload-1' });
@@ -199,9 +257,17 @@ describe('node-postgres', () => {
     try {
       const q = c.query('select pg_sleep(30)');
       await new Promise((r) => setTimeout(r, 500));
-      const canceller = new Client({ host: '127.0.0.1', port: proxy.port('app'), user: 'alice', database: 'appdb' });
+      const canceller = new Client({
+        host: '127.0.0.1',
+        port: proxy.port('app'),
+        user: 'alice',
+        database: 'appdb',
+      });
       // node-postgres sends CancelRequest on a new connection with the session's pid and key.
-      (canceller as unknown as { cancel(c: Client, q: unknown): void }).cancel(c, (c as unknown as { activeQuery: unknown }).activeQuery);
+      (canceller as unknown as { cancel(c: Client, q: unknown): void }).cancel(
+        c,
+        (c as unknown as { activeQuery: unknown }).activeQuery,
+      );
       await expect(q).rejects.toMatchObject({ code: '57014' });
       expect(proxy.records().some((r) => r['msg'] === 'cancel request forwarded')).toBe(true);
     } finally {
@@ -210,7 +276,10 @@ describe('node-postgres', () => {
   });
 
   test('TLS to the proxy with the generated CA (verify-full)', async () => {
-    const c = await connect({ host: 'localhost', ssl: { ca: readFileSync(proxy.app.localTls.caPath, 'utf8') } });
+    const c = await connect({
+      host: 'localhost',
+      ssl: { ca: readFileSync(proxy.app.localTls.caPath, 'utf8') },
+    });
     try {
       expect((await c.query('select current_user as u')).rows[0].u).toBe('alice');
     } finally {

@@ -32,7 +32,9 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProc {
     waiters.forEach((w) => w());
   });
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((r) => child.on('exit', (code) => (waiters.forEach((w) => w()), r(code))));
+  const exited = new Promise<number | null>((r) =>
+    child.on('exit', (code) => (waiters.forEach((w) => w()), r(code))),
+  );
   return {
     child,
     stdout: () => out,
@@ -44,7 +46,10 @@ export function startCli(args: string[], env: NodeJS.ProcessEnv = {}): CliProc {
     },
     waitForLine(re, timeoutMs = 15_000) {
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${re}; stdout: ${out}\nstderr: ${err}`)), timeoutMs);
+        const timer = setTimeout(
+          () => reject(new Error(`timed out waiting for ${re}; stdout: ${out}\nstderr: ${err}`)),
+          timeoutMs,
+        );
         const check = (): void => {
           const line = out.split('\n').find((l) => re.test(l));
           if (line !== undefined) {

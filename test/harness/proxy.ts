@@ -40,7 +40,11 @@ export interface TestProxy {
 /** Starts the proxy with `cfg`; credentials default to LONG_SESSION_TOKEN temporary test keys. */
 export async function startTestProxy(
   cfg: ConfigInput,
-  o: { minter?: TokenMinter; env?: NodeJS.ProcessEnv; /** use the SDK's real credential chain */ realAws?: boolean } = {},
+  o: {
+    minter?: TokenMinter;
+    env?: NodeJS.ProcessEnv;
+    /** use the SDK's real credential chain */ realAws?: boolean;
+  } = {},
 ): Promise<TestProxy> {
   const logs: string[] = [];
   let partial = '';
@@ -55,8 +59,14 @@ export async function startTestProxy(
   });
   const config = validateConfig({ log: { level: 'trace', format: 'json' }, ...cfg });
   const log = createLogger({ level: config.log.level, format: 'json', destination });
-  const minter = o.realAws ? undefined : (o.minter ?? new IamTokenMinter(testCredentials({ sessionToken: LONG_SESSION_TOKEN })));
-  const app = await startProxy(config, { log, ...(minter ? { minter } : {}), ...(o.env ? { env: o.env } : {}) });
+  const minter = o.realAws
+    ? undefined
+    : (o.minter ?? new IamTokenMinter(testCredentials({ sessionToken: LONG_SESSION_TOKEN })));
+  const app = await startProxy(config, {
+    log,
+    ...(minter ? { minter } : {}),
+    ...(o.env ? { env: o.env } : {}),
+  });
   return {
     app,
     logs,

@@ -66,12 +66,18 @@ export async function readClientStartup(
     if (!secureContext) {
       // The client speaks TLS and cannot read a plaintext ErrorResponse; just close.
       client.destroy();
-      throw new ProxyError(ErrorCode.ClientProtocol, 'client started TLS directly (sslnegotiation=direct) but client.tls is off');
+      throw new ProxyError(
+        ErrorCode.ClientProtocol,
+        'client started TLS directly (sslnegotiation=direct) but client.tls is off',
+      );
     }
     await upgrade(reader.detach());
     const alpn = (socket as tls.TLSSocket).alpnProtocol;
     if (alpn !== PG_ALPN) {
-      throw new ProxyError(ErrorCode.ClientProtocol, `direct TLS requires ALPN "${PG_ALPN}" (client offered ${alpn || 'none'})`);
+      throw new ProxyError(
+        ErrorCode.ClientProtocol,
+        `direct TLS requires ALPN "${PG_ALPN}" (client offered ${alpn || 'none'})`,
+      );
     }
   }
 
@@ -80,10 +86,14 @@ export async function readClientStartup(
     switch (pkt.code) {
       case StartupCode.SSLRequest:
       case StartupCode.GSSENCRequest: {
-        if (pkt.body.length !== 0) throw new ProxyError(ErrorCode.ClientProtocol, 'malformed SSLRequest/GSSENCRequest');
+        if (pkt.body.length !== 0)
+          throw new ProxyError(ErrorCode.ClientProtocol, 'malformed SSLRequest/GSSENCRequest');
         if (reader.available > 0) {
           // Bytes sent before our answer would be read as if encrypted (CVE-2021-23222 class).
-          throw new ProxyError(ErrorCode.ClientProtocol, 'client sent data before the answer to its encryption request');
+          throw new ProxyError(
+            ErrorCode.ClientProtocol,
+            'client sent data before the answer to its encryption request',
+          );
         }
         const wantTls = pkt.code === StartupCode.SSLRequest && !isTls && secureContext !== undefined;
         socket.write(wantTls ? 'S' : 'N');
@@ -101,7 +111,14 @@ export async function readClientStartup(
             `unsupported frontend protocol ${major}.${pkt.code & 0xffff}: the proxy supports 3.x`,
           );
         }
-        return { kind: 'startup', socket, reader, version: pkt.code, params: parseStartupParams(pkt.body), tls: isTls };
+        return {
+          kind: 'startup',
+          socket,
+          reader,
+          version: pkt.code,
+          params: parseStartupParams(pkt.body),
+          tls: isTls,
+        };
       }
     }
   }
@@ -115,7 +132,8 @@ export class LocalUsers {
   private readonly decoy = makeVerifier(Math.random().toString(36));
 
   constructor(users: { name: string; password: string }[]) {
-    for (const u of users) this.users.set(u.name, { verifier: makeVerifier(u.password), digest: sha256(u.password) });
+    for (const u of users)
+      this.users.set(u.name, { verifier: makeVerifier(u.password), digest: sha256(u.password) });
   }
 
   verifierFor(user: string): { verifier: ScramVerifier; known: boolean } {
@@ -164,7 +182,10 @@ export async function authenticateClient(
   const mechEnd = init.body.indexOf(0);
   const mechanism = init.body.toString('utf8', 0, Math.max(mechEnd, 0));
   if (mechEnd < 0 || mechanism !== SCRAM_MECHANISM || init.body.length < mechEnd + 5) {
-    throw new ProxyError(ErrorCode.ClientProtocol, `client chose SASL mechanism "${mechanism}"; only ${SCRAM_MECHANISM} is offered`);
+    throw new ProxyError(
+      ErrorCode.ClientProtocol,
+      `client chose SASL mechanism "${mechanism}"; only ${SCRAM_MECHANISM} is offered`,
+    );
   }
   const len = init.body.readInt32BE(mechEnd + 1);
   const clientFirst = init.body.toString('utf8', mechEnd + 5, mechEnd + 5 + Math.max(len, 0));

@@ -6,7 +6,13 @@ import { listenerRegion, upstreamPort } from '../../config/load';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import type { Dialer } from '../../net/dial';
-import type { Engine, EngineConnection, HandshakeResult, PhaseTimings, SessionInfo } from '../../proxy/engine';
+import type {
+  Engine,
+  EngineConnection,
+  HandshakeResult,
+  PhaseTimings,
+  SessionInfo,
+} from '../../proxy/engine';
 import type { TokenRequest, TokenSource } from '../../credentials/tokens';
 import { authenticateClient, LocalUsers, readClientStartup } from './downstream';
 import { connectTls, login, sendCancel, type UpstreamSession, type UpstreamTarget } from './upstream';
@@ -98,13 +104,15 @@ export class PostgresEngine implements Engine {
       }
       return errorResponse(fields);
     }
-    const message = err.code === ErrorCode.Internal ? 'internal error in rds-iam-proxy; see its log' : err.message;
+    const message =
+      err.code === ErrorCode.Internal ? 'internal error in rds-iam-proxy; see its log' : err.message;
     return fatal(SQLSTATE[err.code], `rds-iam-proxy: ${message}`, err.hint);
   }
 
   private loginHint(): string {
     const l = this.o.listener;
-    if (l.auth.mode === 'password') return 'rds-iam-proxy logged in with auth.password: check that the secret is current';
+    if (l.auth.mode === 'password')
+      return 'rds-iam-proxy logged in with auth.password: check that the secret is current';
     const region = listenerRegion(l);
     return (
       'rds-iam-proxy logged in with an IAM token. Check: the database user has the rds_iam role (GRANT rds_iam TO <user>); ' +
@@ -114,7 +122,12 @@ export class PostgresEngine implements Engine {
   }
 
   tokenRequest(user: string): TokenRequest {
-    return { host: this.target.dial.host, port: this.target.dial.port, user, region: listenerRegion(this.o.listener) ?? '' };
+    return {
+      host: this.target.dial.host,
+      port: this.target.dial.port,
+      user,
+      region: listenerRegion(this.o.listener) ?? '',
+    };
   }
 }
 
@@ -172,9 +185,12 @@ class PostgresConnection implements EngineConnection {
     if (l.upstream.database && !params.has('database')) mapped.push(['database', l.upstream.database]);
     const session = await this.loginUpstream(start.version, mapped, upstreamUser);
     const tlsSocket = session.socket;
-    if (start.reader.closed) throw new ProxyError(ErrorCode.ClientProtocol, 'client went away during the upstream login');
+    if (start.reader.closed)
+      throw new ProxyError(ErrorCode.ClientProtocol, 'client went away during the upstream login');
     this.down.write(session.relay.length === 1 ? (session.relay[0] as Buffer) : Buffer.concat(session.relay));
-    const forget = session.backendKey ? e.o.cancels.add(session.backendKey.pid, session.backendKey.key, e.target) : undefined;
+    const forget = session.backendKey
+      ? e.o.cancels.add(session.backendKey.pid, session.backendKey.key, e.target)
+      : undefined;
     this.finished = true;
     return {
       downstream: this.down,
@@ -190,7 +206,11 @@ class PostgresConnection implements EngineConnection {
    * credentials may have been revoked or rotated), refreshes credentials, mints a new token and
    * tries once more before the client hears anything.
    */
-  private async loginUpstream(version: number, params: [string, string][], user: string): Promise<UpstreamSession> {
+  private async loginUpstream(
+    version: number,
+    params: [string, string][],
+    user: string,
+  ): Promise<UpstreamSession> {
     const e = this.engine;
     const req = e.tokenRequest(user);
     for (let attempt = 1; ; attempt++) {
@@ -206,9 +226,13 @@ class PostgresConnection implements EngineConnection {
       } catch (err) {
         const minted = e.o.secrets.mintedAt?.(req);
         const cached = minted !== undefined && minted < started;
-        if (attempt > 1 || !cached || !(err instanceof ProxyError) || err.code !== ErrorCode.UpstreamAuth) throw err;
+        if (attempt > 1 || !cached || !(err instanceof ProxyError) || err.code !== ErrorCode.UpstreamAuth)
+          throw err;
         e.o.secrets.invalidate(req);
-        this.log.info({ sqlState: err.serverError?.sqlState }, 'upstream refused a cached token; retrying once with fresh credentials');
+        this.log.info(
+          { sqlState: err.serverError?.sqlState },
+          'upstream refused a cached token; retrying once with fresh credentials',
+        );
       }
     }
   }

@@ -41,7 +41,8 @@ export class ScramClient {
     const s = a.get('s');
     const i = Number(a.get('i'));
     if (!r || !s || !Number.isInteger(i) || i < 1) throw new Error('malformed SCRAM server-first message');
-    if (!r.startsWith(this.nonce) || r.length === this.nonce.length) throw new Error('SCRAM server nonce does not extend ours');
+    if (!r.startsWith(this.nonce) || r.length === this.nonce.length)
+      throw new Error('SCRAM server nonce does not extend ours');
     const salted = pbkdf2Sync(this.password, Buffer.from(s, 'base64'), i, 32, 'sha256');
     const clientKey = hmac(salted, 'Client Key');
     const withoutProof = `c=biws,r=${r}`;
@@ -69,7 +70,11 @@ export interface ScramVerifier {
 }
 
 /** Derives a verifier from a password (done once per configured user). */
-export function makeVerifier(password: string, salt = randomBytes(16), iterations = ITERATIONS): ScramVerifier {
+export function makeVerifier(
+  password: string,
+  salt = randomBytes(16),
+  iterations = ITERATIONS,
+): ScramVerifier {
   const salted = pbkdf2Sync(password, salt, iterations, 32, 'sha256');
   return {
     salt,
@@ -108,11 +113,15 @@ export class ScramServer {
     const withoutProof = clientFinal.slice(0, pIdx);
     const a = attrs(withoutProof);
     if (a.get('r') !== this.nonce) throw new Error('nonce mismatch');
-    if (a.get('c') !== Buffer.from(this.gs2Header).toString('base64')) throw new Error('channel binding mismatch');
+    if (a.get('c') !== Buffer.from(this.gs2Header).toString('base64'))
+      throw new Error('channel binding mismatch');
     const proof = Buffer.from(clientFinal.slice(pIdx + 3), 'base64');
     const authMessage = `${this.clientFirstBare},${this.serverFirst},${withoutProof}`;
     const clientSig = hmac(this.verifier.storedKey, authMessage);
-    if (proof.length !== clientSig.length || !safeEqual(sha256(xor(proof, clientSig)), this.verifier.storedKey)) {
+    if (
+      proof.length !== clientSig.length ||
+      !safeEqual(sha256(xor(proof, clientSig)), this.verifier.storedKey)
+    ) {
       throw new Error('password authentication failed');
     }
     return `v=${hmac(this.verifier.serverKey, authMessage).toString('base64')}`;
@@ -125,6 +134,13 @@ function safeEqual(a: Buffer, b: Buffer): boolean {
 
 /** MD5 password response: "md5" + md5(md5(password + user) + salt). */
 export function md5Response(user: string, password: string, salt: Buffer): string {
-  const inner = createHash('md5').update(password + user).digest('hex');
-  return 'md5' + createHash('md5').update(Buffer.concat([Buffer.from(inner), salt])).digest('hex');
+  const inner = createHash('md5')
+    .update(password + user)
+    .digest('hex');
+  return (
+    'md5' +
+    createHash('md5')
+      .update(Buffer.concat([Buffer.from(inner), salt]))
+      .digest('hex')
+  );
 }

@@ -1,0 +1,295 @@
+/**
+ * The proxy's metrics: ONE prom-client registry, served at /metrics by the admin server. The rest
+ * of the code never touches prom-client; it calls the intent-named functions of `metrics` below
+ * (connectionOpened, handshakeCompleted, ...). Names follow Prometheus conventions: prefix
+ * `rds_iam_proxy_`, counters end in `_total`, durations are `_seconds`, timestamps are
+ * `_timestamp_seconds` (Unix time). Nothing here runs per spliced chunk: byte counts are read
+ * from the sockets once, when a session closes.
+ */
+import client from 'prom-client';
+import type { PhaseTimings } from '../proxy/engine';
+import { ErrorCode, type ProxyError } from '../errors';
+
+export const registry = new client.Registry();
+client.collectDefaultMetrics({ register: registry });
+
+const registers = [registry];
+
+/** How a connection ended, for `rds_iam_proxy_connections_total{outcome}`. */
+export type ConnectionOutcome =
+  /** Logged in upstream and spliced until one side closed. */
+  | 'spliced'
+  /** A request that needed no session (a Postgres CancelRequest). */
+  | 'handled'
+  /** The handshake failed (the client got the protocol's error). */
+  | 'failed'
+  /** Refused by a limit (the client got 53300 / 1040) or shut down before its handshake began. */
+  | 'rejected';
+
+/** Which limit refused a connection, for `rds_iam_proxy_limit_rejections_total{limit}`. */
+export type LimitName =
+  /** listeners[].maxConnections */
+  | 'listener_max_connections'
+  /** limits.maxConnections */
+  | 'max_connections'
+  /** limits.loginQueue was full */
+  | 'login_queue'
+  /** The handshake deadline passed while waiting for a login slot (limits.loginsPerSecond). */
+  | 'login_wait';
+
+/** Why a spliced session ended, for `rds_iam_proxy_sessions_closed_total{reason}`. */
+export type CloseReason =
+  'client_closed' | 'server_closed' | 'client_error' | 'server_error' | 'idle_timeout' | 'shutdown';
+
+const PHASES: ReadonlyArray<readonly [keyof PhaseTimings, string]> = [
+  ['downstreamMs', 'downstream'],
+  ['tokenMs', 'token'],
+  ['upstreamConnectMs', 'upstream_connect'],
+  ['upstreamTlsMs', 'upstream_tls'],
+  ['upstreamLoginMs', 'upstream_login'],
+];
+
+/** Error codes raised while reaching or logging in to the upstream (vs. client-side failures). */
+const UPSTREAM_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.UpstreamUnreachable,
+  ErrorCode.UpstreamTls,
+  ErrorCode.UpstreamAuth,
+  ErrorCode.UpstreamProtocol,
+  ErrorCode.Credentials,
+]);
+
+const connectionsActive = new client.Gauge({
+  name: 'rds_iam_proxy_connections_active',
+  help: 'Client connections open now (queued, handshaking or spliced), per listener',
+  labelNames: ['listener'],
+  registers,
+});
+const connectionsTotal = new client.Counter({
+  name: 'rds_iam_proxy_connections_total',
+  help: 'Client connections that ended, per listener and outcome (spliced, handled, failed, rejected)',
+  labelNames: ['listener', 'outcome'],
+  registers,
+});
+const handshakeSeconds = new client.Histogram({
+  name: 'rds_iam_proxy_handshake_duration_seconds',
+  help: 'Duration of each handshake phase of successful logins (downstream, token, upstream_connect, upstream_tls, upstream_login, total)',
+  labelNames: ['listener', 'phase'],
+  buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  registers,
+});
+const handshakeFailures = new client.Counter({
+  name: 'rds_iam_proxy_handshake_failures_total',
+  help: 'Handshakes that failed, per listener and proxy error code',
+  labelNames: ['listener', 'code'],
+  registers,
+});
+const upstreamLoginFailures = new client.Counter({
+  name: 'rds_iam_proxy_upstream_login_failures_total',
+  help: 'Failures to reach or log in to the upstream, per listener, proxy error code and server code (SQLSTATE, MySQL errno or socket errno)',
+  labelNames: ['listener', 'code', 'server_code'],
+  registers,
+});
+const sessionSeconds = new client.Histogram({
+  name: 'rds_iam_proxy_session_duration_seconds',
+  help: 'Lifetime of spliced sessions, from accept to close',
+  labelNames: ['listener'],
+  buckets: [0.01, 0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600],
+  registers,
+});
+const sessionsClosed = new client.Counter({
+  name: 'rds_iam_proxy_sessions_closed_total',
+  help: 'Spliced sessions that ended, per listener and reason (client_closed, server_closed, client_error, server_error, idle_timeout, shutdown)',
+  labelNames: ['listener', 'reason'],
+  registers,
+});
+const bytesTotal = new client.Counter({
+  name: 'rds_iam_proxy_bytes_total',
+  help: 'Bytes on the client socket of spliced sessions, counted at close: direction upstream = from the client, downstream = to the client',
+  labelNames: ['listener', 'direction'],
+  registers,
+});
+const limitRejections = new client.Counter({
+  name: 'rds_iam_proxy_limit_rejections_total',
+  help: 'Connections refused by a limit with 53300 / 1040, per listener and limit',
+  labelNames: ['listener', 'limit'],
+  registers,
+});
+const loginQueueLength = new client.Gauge({
+  name: 'rds_iam_proxy_login_queue_length',
+  help: 'Connections waiting for a login slot (limits.loginsPerSecond)',
+  registers,
+});
+const loginWaitSeconds = new client.Histogram({
+  name: 'rds_iam_proxy_login_wait_seconds',
+  help: 'Time connections waited for a login slot before their handshake started',
+  buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+  registers,
+});
+const tokenMints = new client.Counter({
+  name: 'rds_iam_proxy_token_mints_total',
+  help: 'IAM auth tokens signed (logins and background refreshes), per endpoint (host:port) and database user',
+  labelNames: ['endpoint', 'user'],
+  registers,
+});
+const tokenMintFailures = new client.Counter({
+  name: 'rds_iam_proxy_token_mint_failures_total',
+  help: 'Failed token mints and background refreshes (usually credentials), per endpoint, user and kind (login, refresh)',
+  labelNames: ['endpoint', 'user', 'kind'],
+  registers,
+});
+const tokenExpiry = new client.Gauge({
+  name: 'rds_iam_proxy_token_expiry_timestamp_seconds',
+  help: 'When the newest token per endpoint and user stops working (Unix time; capped by the credentials)',
+  labelNames: ['endpoint', 'user'],
+  registers,
+});
+const credentialsExpiry = new client.Gauge({
+  name: 'rds_iam_proxy_credentials_expiry_timestamp_seconds',
+  help: 'When the AWS credentials last used for signing expire (Unix time); 0 for credentials that do not expire or before the first mint',
+  registers,
+});
+const clockSkew = new client.Gauge({
+  name: 'rds_iam_proxy_clock_skew_seconds',
+  help: "This host's clock minus AWS's clock, seconds (RDS refuses tokens when it is off by minutes)",
+  registers,
+});
+const draining = new client.Gauge({
+  name: 'rds_iam_proxy_draining',
+  help: '1 while shutting down (SIGTERM, SIGINT, POST /quitquitquit), else 0',
+  registers,
+});
+const configReloads = new client.Counter({
+  name: 'rds_iam_proxy_config_reloads_total',
+  help: 'Configuration reloads (SIGHUP), per result (success, failure)',
+  labelNames: ['result'],
+  registers,
+});
+const buildInfo = new client.Gauge({
+  name: 'rds_iam_proxy_build_info',
+  help: 'Always 1; labels carry the proxy and Node.js versions',
+  labelNames: ['version', 'node'],
+  registers,
+});
+for (const result of ['success', 'failure']) configReloads.inc({ result }, 0);
+draining.set(0);
+loginQueueLength.set(0);
+
+/** What a token is for, as far as metrics care. Never the token itself. */
+export interface TokenTarget {
+  host: string;
+  port: number;
+  user: string;
+}
+
+const tokenLabels = (t: TokenTarget): { endpoint: string; user: string } => ({
+  endpoint: `${t.host}:${t.port}`,
+  user: t.user,
+});
+
+/** The server's own code for a failure: SQLSTATE, MySQL errno, or the socket errno of the cause. */
+function serverCode(err: ProxyError): string {
+  if (err.serverError?.sqlState) return err.serverError.sqlState;
+  if (err.serverError?.errno !== undefined) return String(err.serverError.errno);
+  const cause = err.cause as NodeJS.ErrnoException | undefined;
+  if (cause && typeof cause === 'object' && typeof cause.code === 'string') return cause.code;
+  return '';
+}
+
+/** Intent-named recording functions: the only way the rest of the proxy touches metrics. */
+export const metrics = {
+  /** A connection was accepted (and not refused by a connection limit). */
+  connectionOpened(listener: string): void {
+    connectionsActive.inc({ listener });
+  },
+  /** A connection accepted with connectionOpened has ended. */
+  connectionClosed(listener: string, outcome: ConnectionOutcome): void {
+    connectionsActive.dec({ listener });
+    connectionsTotal.inc({ listener, outcome });
+  },
+  /** A connection was refused on arrival by a connection limit (never counted as active). */
+  connectionRefused(listener: string, limit: LimitName): void {
+    limitRejections.inc({ listener, limit });
+    connectionsTotal.inc({ listener, outcome: 'rejected' });
+  },
+  /** An accepted connection was refused by the login rate limit (it then ends with outcome 'rejected'). */
+  limitRejected(listener: string, limit: LimitName): void {
+    limitRejections.inc({ listener, limit });
+  },
+  /** Logged in upstream: phase timings in milliseconds (as logged) become seconds. */
+  handshakeCompleted(listener: string, timings: PhaseTimings, totalMs: number): void {
+    for (const [key, phase] of PHASES) {
+      const ms = timings[key];
+      if (ms !== undefined) handshakeSeconds.observe({ listener, phase }, ms / 1000);
+    }
+    handshakeSeconds.observe({ listener, phase: 'total' }, totalMs / 1000);
+  },
+  /** The handshake failed with `err`; upstream-side failures are also counted by server code. */
+  handshakeFailed(listener: string, err: ProxyError): void {
+    handshakeFailures.inc({ listener, code: err.code });
+    if (UPSTREAM_CODES.has(err.code))
+      upstreamLoginFailures.inc({ listener, code: err.code, server_code: serverCode(err) });
+  },
+  /** A spliced session ended; bytes are the client socket's totals, read once at close. */
+  sessionClosed(
+    listener: string,
+    reason: CloseReason,
+    bytes: { fromClient: number; toClient: number },
+    durationMs: number,
+  ): void {
+    sessionsClosed.inc({ listener, reason });
+    bytesTotal.inc({ listener, direction: 'upstream' }, bytes.fromClient);
+    bytesTotal.inc({ listener, direction: 'downstream' }, bytes.toClient);
+    sessionSeconds.observe({ listener }, durationMs / 1000);
+  },
+  /** Connections now waiting for a login slot. */
+  loginQueue(length: number): void {
+    loginQueueLength.set(length);
+  },
+  /** A connection got its login slot after waiting `ms`. */
+  loginWaited(ms: number): void {
+    loginWaitSeconds.observe(ms / 1000);
+  },
+  /** A token was signed; `expiresAt` in ms since the epoch. */
+  tokenMinted(target: TokenTarget, expiresAt: number): void {
+    const labels = tokenLabels(target);
+    tokenMints.inc(labels);
+    tokenExpiry.set(labels, expiresAt / 1000);
+  },
+  /** Signing failed, for a login or a background refresh; usually for want of credentials. */
+  tokenMintFailed(target: TokenTarget, background: boolean): void {
+    tokenMintFailures.inc({ ...tokenLabels(target), kind: background ? 'refresh' : 'login' });
+  },
+  /** Shutdown started (true) or not (false). */
+  draining(on: boolean): void {
+    draining.set(on ? 1 : 0);
+  },
+  /** A SIGHUP reload was applied (true) or refused (false). */
+  configReloaded(ok: boolean): void {
+    configReloads.inc({ result: ok ? 'success' : 'failure' });
+  },
+  /** Sets rds_iam_proxy_build_info once at start. */
+  buildInfo(version: string): void {
+    buildInfo.set({ version, node: process.versions.node }, 1);
+  },
+};
+
+/**
+ * Records the host clock's offset from AWS (seconds, positive = this host is ahead). Called with
+ * each estimate the credentials code makes (the Date headers of STS / IMDS responses).
+ */
+export function setClockSkew(seconds: number): void {
+  clockSkew.set(seconds);
+}
+
+/**
+ * Records when the AWS credentials used for signing expire (ms since the epoch); undefined (long-term
+ * keys) sets 0. Called by the credentials code when it gets credentials.
+ */
+export function setCredentialsExpiry(expiresAt: number | undefined): void {
+  credentialsExpiry.set(expiresAt === undefined ? 0 : expiresAt / 1000);
+}
+
+/** The /metrics body in the Prometheus text format. */
+export async function renderMetrics(): Promise<{ contentType: string; body: string }> {
+  return { contentType: registry.contentType, body: await registry.metrics() };
+}
