@@ -2,6 +2,10 @@
 const tsJest = ['ts-jest', { tsconfig: 'tsconfig.json' }];
 /** @type {import('jest').Config} */
 module.exports = {
+  // Global in jest 29 (a project-level testTimeout is ignored): e2e hooks start real servers.
+  testTimeout: 120000,
+  // A failed stand-up can leave a child process behind; CI must still finish and report.
+  forceExit: true,
   projects: [
     {
       displayName: 'unit',
@@ -16,7 +20,6 @@ module.exports = {
       transform: { '^.+\\.ts$': tsJest },
       testEnvironment: 'node',
       setupFiles: ['<rootDir>/test/setup-env.ts'],
-      testTimeout: 120000,
     },
   ],
 };
