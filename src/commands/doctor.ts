@@ -9,8 +9,8 @@ import { credentialsError } from '../credentials/tokens';
 import { readSecret } from '../config/secrets';
 import { asProxyError, ErrorCode, ProxyError } from '../errors';
 import type { Logger } from '../log';
-import { loadUpstreamCa, tcpDialer } from '../net/dial';
-import { connectTls, login, type UpstreamTarget as PgTarget } from '../engines/postgres/upstream';
+import { loadUpstreamCa, tcpDialer, type UpstreamTarget, upstreamTargetFor } from '../net/dial';
+import { connectTls, login } from '../engines/postgres/upstream';
 import { PROTOCOL_3_0 } from '../engines/postgres/wire';
 import {
   login as mysqlLogin,
@@ -182,14 +182,9 @@ async function checkListener(
   }
 
   // TCP
-  const dial = {
-    host,
-    port,
-    connectTimeoutMs: l.upstream.connectTimeoutMs,
-    ...(l.upstream.address ? { address: l.upstream.address } : {}),
-  };
+  const target = upstreamTargetFor(l, tcpDialer, loadUpstreamCa(l.upstream.tls.ca));
   try {
-    const s = await tcpDialer.dial(dial);
+    const s = await tcpDialer.dial(target.dial);
     s.destroy();
     add({ step: 'tcp', status: 'ok', detail: `connected to ${dest}:${port}` });
   } catch (err) {
@@ -208,11 +203,6 @@ async function checkListener(
   }
 
   // TLS (chain and name), then a real login, with the engine's own handshake
-  const target = {
-    dialer: tcpDialer,
-    dial,
-    tls: { servername: host, ca: loadUpstreamCa(l.upstream.tls.ca), minVersion: l.upstream.tls.minVersion },
-  };
   const probe = l.engine === 'postgres' ? postgresProbe : mysqlProbe;
   let session: ProbeSession;
   try {
@@ -290,7 +280,7 @@ interface ProbeSession {
   login(secret: string): Promise<void>;
   close(): void;
 }
-type Probe = (target: PgTarget, user: string, database: string | undefined) => Promise<ProbeSession>;
+type Probe = (target: UpstreamTarget, user: string, database: string | undefined) => Promise<ProbeSession>;
 
 const postgresProbe: Probe = async (target, user, database) => {
   const s = await connectTls(target);

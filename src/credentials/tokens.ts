@@ -4,6 +4,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { DsqlSigner } from '@aws-sdk/dsql-signer';
 import type { AwsCredentialIdentity } from '@aws-sdk/types';
 import type { CredentialSource } from './providers';
+import type { Listener } from '../config/schema';
+import { listenerRegion, upstreamPort } from '../config/load';
 import { ErrorCode, ProxyError } from '../errors';
 import { scrubSecrets } from '../log';
 import { type Clock, systemClock } from './clock';
@@ -14,6 +16,11 @@ export interface TokenRequest {
   port: number;
   user: string;
   region: string;
+}
+
+/** What a listener's logins as `user` are signed for. */
+export function tokenRequestFor(l: Listener, user: string): TokenRequest {
+  return { host: l.upstream.host, port: upstreamPort(l), user, region: listenerRegion(l) ?? '' };
 }
 
 /** A secret to log in with and when it stops working (ms since the epoch). */

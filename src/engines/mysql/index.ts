@@ -19,11 +19,11 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { Listener } from '../../config/schema';
-import { listenerRegion, upstreamPort } from '../../config/load';
-import type { TokenRequest, TokenSource } from '../../credentials/tokens';
+import { listenerRegion } from '../../config/load';
+import { type TokenRequest, tokenRequestFor, type TokenSource } from '../../credentials/tokens';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
-import type { Dialer } from '../../net/dial';
+import { type Dialer, upstreamTargetFor } from '../../net/dial';
 import type {
   Engine,
   EngineConnection,
@@ -108,16 +108,7 @@ export class MysqlEngine implements Engine {
 
   constructor(readonly o: MysqlEngineOptions) {
     const l = o.listener;
-    this.target = {
-      dialer: o.dialer,
-      dial: {
-        host: l.upstream.host,
-        port: upstreamPort(l),
-        connectTimeoutMs: l.upstream.connectTimeoutMs,
-        ...(l.upstream.address ? { address: l.upstream.address } : {}),
-      },
-      tls: { servername: l.upstream.host, ca: o.upstreamCa, minVersion: l.upstream.tls.minVersion },
-    };
+    this.target = upstreamTargetFor(l, o.dialer, o.upstreamCa);
     this.users = l.client.auth === 'password' ? new LocalUsers(o.localUsers) : undefined;
     if (l.auth.mode === 'dsql') {
       throw new ProxyError(
@@ -176,12 +167,7 @@ export class MysqlEngine implements Engine {
   }
 
   tokenRequest(user: string): TokenRequest {
-    return {
-      host: this.target.dial.host,
-      port: this.target.dial.port,
-      user,
-      region: listenerRegion(this.o.listener) ?? '',
-    };
+    return tokenRequestFor(this.o.listener, user);
   }
 
   credentials(user: string, secret?: Promise<string>): Credentials {

@@ -6,7 +6,7 @@
  */
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { type Dialer, type DialTarget, upstreamTls, type UpstreamTlsOptions } from '../../net/dial';
+import { upstreamTls, type UpstreamTarget } from '../../net/dial';
 import { BufferLimitError, PeerClosedError, SocketReader } from '../../net/reader';
 import { ErrorCode, ProxyError } from '../../errors';
 import type { PhaseTimings } from '../../proxy/engine';
@@ -33,12 +33,7 @@ import {
   switchScramble,
 } from './wire';
 
-/** Where and how to reach the database. */
-export interface UpstreamTarget {
-  dial: DialTarget;
-  tls: UpstreamTlsOptions;
-  dialer: Dialer;
-}
+export type { UpstreamTarget };
 
 /** Capabilities the upstream login needs whatever the client negotiated. */
 export const UPSTREAM_REQUIRED_CAPS = Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.PLUGIN_AUTH | Cap.SSL;

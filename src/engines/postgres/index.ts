@@ -2,10 +2,10 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import type { Listener } from '../../config/schema';
-import { listenerRegion, upstreamPort } from '../../config/load';
+import { listenerRegion } from '../../config/load';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
-import type { Dialer } from '../../net/dial';
+import { type Dialer, upstreamTargetFor } from '../../net/dial';
 import type {
   Engine,
   EngineConnection,
@@ -13,7 +13,7 @@ import type {
   PhaseTimings,
   SessionInfo,
 } from '../../proxy/engine';
-import type { TokenRequest, TokenSource } from '../../credentials/tokens';
+import { type TokenRequest, tokenRequestFor, type TokenSource } from '../../credentials/tokens';
 import { authenticateClient, LocalUsers, readClientStartup } from './downstream';
 import { connectTls, login, sendCancel, type UpstreamSession, type UpstreamTarget } from './upstream';
 import { errorResponse, fatal, Field } from './wire';
@@ -71,16 +71,7 @@ export class PostgresEngine implements Engine {
 
   constructor(readonly o: PostgresEngineOptions) {
     const l = o.listener;
-    this.target = {
-      dialer: o.dialer,
-      dial: {
-        host: l.upstream.host,
-        port: upstreamPort(l),
-        connectTimeoutMs: l.upstream.connectTimeoutMs,
-        ...(l.upstream.address ? { address: l.upstream.address } : {}),
-      },
-      tls: { servername: l.upstream.host, ca: o.upstreamCa, minVersion: l.upstream.tls.minVersion },
-    };
+    this.target = upstreamTargetFor(l, o.dialer, o.upstreamCa);
     this.users = new LocalUsers(o.localUsers);
   }
 
@@ -122,12 +113,7 @@ export class PostgresEngine implements Engine {
   }
 
   tokenRequest(user: string): TokenRequest {
-    return {
-      host: this.target.dial.host,
-      port: this.target.dial.port,
-      user,
-      region: listenerRegion(this.o.listener) ?? '',
-    };
+    return tokenRequestFor(this.o.listener, user);
   }
 }
 

@@ -1,5 +1,5 @@
 import type tls from 'node:tls';
-import { type Dialer, type DialTarget, upstreamTls, type UpstreamTlsOptions } from '../../net/dial';
+import { upstreamTls, type UpstreamTarget } from '../../net/dial';
 import { SocketReader } from '../../net/reader';
 import { ErrorCode, ProxyError } from '../../errors';
 import type { PhaseTimings } from '../../proxy/engine';
@@ -20,12 +20,7 @@ import {
   sslRequest,
 } from './wire';
 
-/** Where and how to reach the database. */
-export interface UpstreamTarget {
-  dial: DialTarget;
-  tls: UpstreamTlsOptions;
-  dialer: Dialer;
-}
+export type { UpstreamTarget };
 
 /** A logged-in upstream, stopped right after its first ReadyForQuery. */
 export interface UpstreamSession {
