@@ -1,4 +1,8 @@
 import type net from 'node:net';
+import type tls from 'node:tls';
+import type { Listener } from '../config/schema';
+import type { TokenSource } from '../credentials/tokens';
+import type { Dialer } from '../net/dial';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../log';
 import type { ProxyError } from '../errors';
@@ -51,6 +55,19 @@ export interface EngineConnection {
   run(): Promise<HandshakeResult | null>;
   /** Sends the protocol's error for `err` (if the client can still take one) and closes both legs. Idempotent. */
   abort(err: ProxyError): void;
+}
+
+/** What every engine needs, resolved once from its listener's config (see app.ts buildEngine). */
+export interface EngineOptions {
+  listener: Listener;
+  dialer: Dialer;
+  /** IAM tokens or a static password, per auth.mode. */
+  secrets: TokenSource;
+  upstreamCa: string[];
+  /** Undefined when client.tls is off. */
+  secureContext: tls.SecureContext | undefined;
+  /** Configured local users with their passwords (client.auth: password). */
+  localUsers: { name: string; password: string }[];
 }
 
 /** Per-listener engine: turns accepted sockets into handshakes. */

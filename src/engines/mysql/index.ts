@@ -18,15 +18,15 @@
 import type net from 'node:net';
 import type tls from 'node:tls';
 import type { Duplex } from 'node:stream';
-import type { Listener } from '../../config/schema';
 import { listenerRegion } from '../../config/load';
-import { type TokenRequest, tokenRequestFor, type TokenSource } from '../../credentials/tokens';
+import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
-import { type Dialer, upstreamTargetFor } from '../../net/dial';
+import { upstreamTargetFor } from '../../net/dial';
 import type {
   Engine,
   EngineConnection,
+  EngineOptions,
   HandshakeResult,
   PhaseTimings,
   SessionInfo,
@@ -88,18 +88,8 @@ export const MYSQL_ERRORS: Record<ErrorCode, { errno: number; sqlState: string }
   [ErrorCode.Internal]: { errno: ErrNo.INTERNAL, sqlState: 'HY000' },
 };
 
-/** Everything a MySQL listener needs, resolved once from its config. */
-export interface MysqlEngineOptions {
-  listener: Listener;
-  dialer: Dialer;
-  /** IAM tokens or a static password, per auth.mode. */
-  secrets: TokenSource;
-  upstreamCa: string[];
-  /** Undefined when client.tls is off. */
-  secureContext: tls.SecureContext | undefined;
-  /** Configured local users with their passwords (client.auth: password). */
-  localUsers: { name: string; password: string }[];
-}
+/** A MySQL listener's options. */
+export type MysqlEngineOptions = EngineOptions;
 
 /** The MySQL engine for one listener. */
 export class MysqlEngine implements Engine {

@@ -1,19 +1,18 @@
 import type net from 'node:net';
-import type tls from 'node:tls';
 import type { Duplex } from 'node:stream';
-import type { Listener } from '../../config/schema';
 import { listenerRegion } from '../../config/load';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
-import { type Dialer, upstreamTargetFor } from '../../net/dial';
+import { upstreamTargetFor } from '../../net/dial';
 import type {
   Engine,
   EngineConnection,
+  EngineOptions,
   HandshakeResult,
   PhaseTimings,
   SessionInfo,
 } from '../../proxy/engine';
-import { type TokenRequest, tokenRequestFor, type TokenSource } from '../../credentials/tokens';
+import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
 import { authenticateClient, LocalUsers, readClientStartup } from './downstream';
 import { connectTls, login, sendCancel, type UpstreamSession, type UpstreamTarget } from './upstream';
 import { errorResponse, fatal, Field } from './wire';
@@ -50,17 +49,8 @@ export class CancelRegistry {
   }
 }
 
-/** Everything a Postgres listener needs, resolved once from its config. */
-export interface PostgresEngineOptions {
-  listener: Listener;
-  dialer: Dialer;
-  /** IAM tokens or a static password, per auth.mode. */
-  secrets: TokenSource;
-  upstreamCa: string[];
-  /** Undefined when client.tls is off. */
-  secureContext: tls.SecureContext | undefined;
-  /** Configured local users with their passwords (client.auth: password). */
-  localUsers: { name: string; password: string }[];
+/** A Postgres listener's options: the common ones plus the process-wide cancel registry. */
+export interface PostgresEngineOptions extends EngineOptions {
   cancels: CancelRegistry;
 }
 
