@@ -19,6 +19,8 @@ export const ErrorCode = {
   ClientAuth: 'CLIENT_AUTH',
   /** The client sent a malformed, oversized or unsupported message. */
   ClientProtocol: 'CLIENT_PROTOCOL',
+  /** The client went away mid-handshake (a TCP health check, a killed app); nothing to send. */
+  ClientGone: 'CLIENT_GONE',
   /** The client did not finish its handshake in time. */
   HandshakeTimeout: 'HANDSHAKE_TIMEOUT',
   /** A connection limit was reached. */
@@ -65,6 +67,12 @@ export class ProxyError extends Error {
 /** Wraps anything thrown into a ProxyError; unknown errors become Internal (logged, not sent raw). */
 export function asProxyError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
+  if (err instanceof Error && err.name === 'PeerClosedError') {
+    const server = (err as { side?: string }).side === 'server';
+    return new ProxyError(server ? ErrorCode.UpstreamUnreachable : ErrorCode.ClientGone, err.message, {
+      cause: err,
+    });
+  }
   return new ProxyError(ErrorCode.Internal, 'internal proxy error; see the proxy log', { cause: err });
 }
 

@@ -2,11 +2,20 @@ import type { Duplex } from 'node:stream';
 
 /** Thrown by SocketReader when the peer closes or errors before the bytes asked for arrived. */
 export class PeerClosedError extends Error {
-  constructor(cause?: unknown) {
-    super('connection closed by peer', cause === undefined ? undefined : { cause });
+  constructor(
+    /** Which leg went away: the app (client) or the database (server). */
+    readonly side: PeerSide,
+    cause?: unknown,
+  ) {
+    super(
+      `${side === 'client' ? 'client' : 'upstream'} closed the connection during the handshake`,
+      cause === undefined ? undefined : { cause },
+    );
     this.name = 'PeerClosedError';
   }
 }
+
+export type PeerSide = 'client' | 'server';
 
 /** Thrown when a handshake peer sends more unread bytes than the proxy is willing to hold. */
 export class BufferLimitError extends Error {
@@ -32,16 +41,18 @@ export class SocketReader {
     if (this.buffered > this.maxBuffered) this.fail(new BufferLimitError(this.maxBuffered));
     this.wake();
   };
-  private readonly onEnd = (): void => this.fail(new PeerClosedError());
-  private readonly onError = (err: Error): void => this.fail(new PeerClosedError(err));
+  private readonly onEnd = (): void => this.fail(new PeerClosedError(this.side));
+  private readonly onError = (err: Error): void => this.fail(new PeerClosedError(this.side, err));
 
   /**
    * @param socket read from until detach(); the caller keeps ownership of the socket.
    * @param maxBuffered bytes held unread before the peer is treated as hostile.
+   * @param side who the peer is, for errors when it goes away.
    */
   constructor(
     readonly socket: Duplex,
     private readonly maxBuffered = 1 << 20,
+    private readonly side: PeerSide = 'client',
   ) {
     socket.on('data', this.onData);
     socket.on('end', this.onEnd);

@@ -188,7 +188,9 @@ export class Session {
     } catch (err) {
       const e = this.abortedWith ?? asProxyError(err);
       this.identify();
-      const level = e.code === ErrorCode.Internal ? 'error' : 'warn';
+      // A client that connects and leaves (a TCP health check) is routine, not a warning.
+      const level =
+        e.code === ErrorCode.Internal ? 'error' : e.code === ErrorCode.ClientGone ? 'debug' : 'warn';
       log[level](
         {
           ...withoutIdentity(conn.info),

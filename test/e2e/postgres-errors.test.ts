@@ -343,6 +343,21 @@ describe('protocol edge cases and bad input', () => {
     c.socket.destroy();
   });
 
+  test('a client that connects and leaves (a TCP health check) is logged at debug, not as an error', async () => {
+    const before = p.logs.length;
+    const c = await rawConnect(p.port('app'));
+    c.socket.end();
+    await c.closed;
+    await new Promise((r) => setTimeout(r, 50));
+    const recs = p.logs
+      .slice(before)
+      .map((l) => JSON.parse(l) as { level: number; msg: string; code?: string });
+    const failed = recs.find((r) => r.msg.startsWith('handshake failed'));
+    expect(failed?.code).toBe('CLIENT_GONE');
+    expect(failed?.level).toBe(20);
+    expect(recs.filter((r) => r.level >= 40)).toEqual([]);
+  });
+
   test('random bytes never crash the proxy, and it keeps serving', async () => {
     await fc.assert(
       fc.asyncProperty(

@@ -278,15 +278,15 @@ export class CommandGate extends Duplex {
     else if (this.mode === GateMode.Pass && !this.push(chunk)) this.up.pause();
   };
   private readonly onUpEnd = (): void => {
-    if (this.mode === GateMode.Exchange) this.serverFeed?.fail(new PeerClosedError());
+    if (this.mode === GateMode.Exchange) this.serverFeed?.fail(new PeerClosedError('server'));
     else this.push(null);
   };
   private readonly onUpError = (err: Error): void => {
-    if (this.mode === GateMode.Exchange) this.serverFeed?.fail(new PeerClosedError(err));
+    if (this.mode === GateMode.Exchange) this.serverFeed?.fail(new PeerClosedError('server', err));
     else this.destroy(err);
   };
   private readonly onUpClose = (): void => {
-    if (this.mode === GateMode.Exchange) this.serverFeed?.fail(new PeerClosedError());
+    if (this.mode === GateMode.Exchange) this.serverFeed?.fail(new PeerClosedError('server'));
     else this.destroy();
   };
 
@@ -324,7 +324,7 @@ export class CommandGate extends Duplex {
   }
 
   override _final(cb: (err?: Error | null) => void): void {
-    if (this.mode === GateMode.Exchange) this.clientFeed?.fail(new PeerClosedError());
+    if (this.mode === GateMode.Exchange) this.clientFeed?.fail(new PeerClosedError('client'));
     else this.up.end();
     cb();
   }
@@ -332,8 +332,8 @@ export class CommandGate extends Duplex {
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     this.detachUp();
     this.up.destroy();
-    this.clientFeed?.fail(new PeerClosedError());
-    this.serverFeed?.fail(new PeerClosedError());
+    this.clientFeed?.fail(new PeerClosedError('client'));
+    this.serverFeed?.fail(new PeerClosedError('server'));
     cb(err);
   }
 

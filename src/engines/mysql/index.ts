@@ -78,6 +78,8 @@ export const MYSQL_ERRORS: Record<ErrorCode, { errno: number; sqlState: string }
   [ErrorCode.ClientProtocol]: { errno: ErrNo.HANDSHAKE, sqlState: '08S01' },
   // ER_NET_READ_INTERRUPTED "Got timeout reading communication packets".
   [ErrorCode.HandshakeTimeout]: { errno: ErrNo.NET_READ_INTERRUPTED, sqlState: '08S01' },
+  // The client is gone; nothing is sent, the entry only completes the table.
+  [ErrorCode.ClientGone]: { errno: ErrNo.NET_READ_INTERRUPTED, sqlState: '08S01' },
   // ER_CON_COUNT_ERROR "Too many connections".
   [ErrorCode.TooManyConnections]: { errno: ErrNo.CON_COUNT, sqlState: '08004' },
   // ER_SERVER_SHUTDOWN.

@@ -54,7 +54,7 @@ export class ServerLeg implements PacketIO {
     private readonly host: string,
   ) {
     this.socket = raw;
-    this.reader = new SocketReader(raw, MAX_HANDSHAKE_PACKET * 2);
+    this.reader = new SocketReader(raw, MAX_HANDSHAKE_PACKET * 2, 'server');
   }
 
   async read(): Promise<Packet> {
@@ -88,7 +88,7 @@ export class ServerLeg implements PacketIO {
   /** Switches to the verified TLS socket; the old reader must already be detached. */
   useTls(s: tls.TLSSocket): void {
     this.socket = s;
-    this.reader = new SocketReader(s, MAX_HANDSHAKE_PACKET * 2);
+    this.reader = new SocketReader(s, MAX_HANDSHAKE_PACKET * 2, 'server');
   }
 
   destroy(): void {

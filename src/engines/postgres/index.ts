@@ -27,6 +27,7 @@ export const SQLSTATE: Record<ErrorCode, string> = {
   [ErrorCode.ClientAuth]: '28P01', // invalid_password
   [ErrorCode.ClientProtocol]: '08P01',
   [ErrorCode.HandshakeTimeout]: '08006', // connection_failure
+  [ErrorCode.ClientGone]: '08006', // never sent: the client is gone
   [ErrorCode.TooManyConnections]: '53300', // too_many_connections
   [ErrorCode.Shutdown]: '57P01', // admin_shutdown
   [ErrorCode.Config]: '08001',

@@ -21,6 +21,25 @@ function attrs(msg: string): Map<string, string> {
   return m;
 }
 
+/**
+ * PBKDF2 with 4096 iterations costs ~1.5 ms per login; the server's salt and iterations are
+ * fixed per role, so the salted password is reused. Keyed by a hash of the password, so a
+ * rotated password misses; bounded so it cannot grow.
+ */
+const saltedCache = new Map<string, Buffer>();
+const SALTED_CACHE_MAX = 64;
+
+function saltedPassword(password: string, salt: string, iterations: number): Buffer {
+  const key = `${createHash('sha256').update(password).digest('base64')}:${salt}:${iterations}`;
+  let v = saltedCache.get(key);
+  if (!v) {
+    v = pbkdf2Sync(password, Buffer.from(salt, 'base64'), iterations, 32, 'sha256');
+    if (saltedCache.size >= SALTED_CACHE_MAX) saltedCache.delete(saltedCache.keys().next().value as string);
+    saltedCache.set(key, v);
+  }
+  return v;
+}
+
 /** Client side of one exchange. Throws Error with a reason on a bad server message. */
 export class ScramClient {
   private readonly nonce = randomBytes(18).toString('base64');
@@ -43,7 +62,7 @@ export class ScramClient {
     if (!r || !s || !Number.isInteger(i) || i < 1) throw new Error('malformed SCRAM server-first message');
     if (!r.startsWith(this.nonce) || r.length === this.nonce.length)
       throw new Error('SCRAM server nonce does not extend ours');
-    const salted = pbkdf2Sync(this.password, Buffer.from(s, 'base64'), i, 32, 'sha256');
+    const salted = saltedPassword(this.password, s, i);
     const clientKey = hmac(salted, 'Client Key');
     const withoutProof = `c=biws,r=${r}`;
     const authMessage = `${this.clientFirstBare},${serverFirst},${withoutProof}`;

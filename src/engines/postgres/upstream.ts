@@ -48,7 +48,7 @@ export async function connectTls(t: UpstreamTarget, timings?: PhaseTimings): Pro
   const raw = await t.dialer.dial(t.dial);
   if (timings) timings.upstreamConnectMs = ms(t0);
   t0 = performance.now();
-  const reader = new SocketReader(raw, 64);
+  const reader = new SocketReader(raw, 64, 'server');
   try {
     raw.write(sslRequest());
     const answer = (await reader.read(1))[0];
@@ -106,7 +106,7 @@ export async function login(
   timings?: PhaseTimings,
 ): Promise<UpstreamSession> {
   const t0 = performance.now();
-  const reader = new SocketReader(socket, MAX_HANDSHAKE_MESSAGE * 2);
+  const reader = new SocketReader(socket, MAX_HANDSHAKE_MESSAGE * 2, 'server');
   const relay: Buffer[] = [];
   let backendKey: UpstreamSession['backendKey'];
   let authenticated = false;

@@ -1,0 +1,101 @@
+/**
+ * rds-iam-proxy as a separate process (`node dist/src/cli.js run --config <generated yaml>`), so
+ * its CPU and RSS are its own, under a raised open-files limit.
+ */
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { stringify } from 'yaml';
+import { CLI, freePort, startDaemon, waitForPort, withNofile, type Daemon } from './util';
+
+/** One listener of the generated config; `listen` is filled in with a free port. */
+export interface ListenerSpec {
+  name: string;
+  engine: 'postgres' | 'mysql';
+  upstream: { host: string; port: number; address: string; caFile: string };
+  auth: { mode: 'password'; passwordEnv: string } | { mode: 'iam'; region: string };
+}
+
+export interface ProxyProcess extends Daemon {
+  /** TCP port of each listener, by name. */
+  ports: Record<string, number>;
+  configFile: string;
+}
+
+/** Environment for the child: no ambient AWS settings, IMDS off, plus `extra`. */
+function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (k.startsWith('AWS_') || k.startsWith('RDS_IAM_PROXY')) continue;
+    env[k] = v;
+  }
+  return { ...env, AWS_EC2_METADATA_DISABLED: 'true', ...extra };
+}
+
+/**
+ * Writes `<dir>/<name>.yaml` and starts the proxy with it: client TLS off (plaintext local
+ * clients), upstream verify-full against each listener's CA file, logs (JSON, level `logLevel`,
+ * default info as shipped) to `<dir>/<name>.log`. Resolves once every listener accepts.
+ */
+export async function startProxyProcess(o: {
+  name: string;
+  dir: string;
+  listeners: ListenerSpec[];
+  env?: Record<string, string>;
+  /** Open-files limit for the process (ulimit -n); default 65536. */
+  nofile?: number;
+  logLevel?: string;
+  /** Extra node flags, e.g. --max-semi-space-size. */
+  nodeFlags?: string[];
+  /** The CLI to run (default: this checkout's build, or BENCH_PROXY_CLI). */
+  cli?: string;
+}): Promise<ProxyProcess> {
+  const ports: Record<string, number> = {};
+  for (const l of o.listeners) ports[l.name] = await freePort();
+  const config = {
+    log: { level: o.logLevel ?? 'info', format: 'json' },
+    shutdown: { maxDelayMs: 500 },
+    localTls: { caFile: path.join(o.dir, `${o.name}-local-ca.pem`) },
+    listeners: o.listeners.map((l) => ({
+      name: l.name,
+      engine: l.engine,
+      listen: `127.0.0.1:${ports[l.name]}`,
+      upstream: {
+        host: l.upstream.host,
+        port: l.upstream.port,
+        address: l.upstream.address,
+        tls: { ca: l.upstream.caFile },
+      },
+      auth:
+        l.auth.mode === 'password'
+          ? { mode: 'password', password: { env: l.auth.passwordEnv } }
+          : { mode: 'iam', region: l.auth.region },
+      client: { tls: 'off', auth: 'trust' },
+    })),
+  };
+  const configFile = path.join(o.dir, `${o.name}.yaml`);
+  await fs.writeFile(configFile, stringify(config));
+  const nofile = o.nofile ?? 65536;
+  const d = startDaemon(
+    'bash',
+    [
+      '-c',
+      withNofile(nofile),
+      process.execPath,
+      ...(o.nodeFlags ?? (process.env['BENCH_PROXY_NODE_FLAGS'] ?? '').split(' ').filter(Boolean)),
+      o.cli ?? CLI,
+      'run',
+      '--config',
+      configFile,
+    ],
+    path.join(o.dir, `${o.name}.log`),
+    { env: childEnv(o.env ?? {}) },
+  );
+  try {
+    for (const port of Object.values(ports)) await waitForPort(port, d.exited);
+  } catch (err) {
+    await d.stop(0);
+    const log = await fs.readFile(d.logFile, 'utf8').catch(() => '');
+    throw new Error(`${(err as Error).message}\n--- ${o.name} log ---\n${log.slice(-3000)}`);
+  }
+  return { ...d, ports, configFile };
+}
