@@ -210,17 +210,7 @@ export async function waitForPort(port: number, died: Promise<never>, timeoutMs 
   }
 }
 
-/** A port free on 127.0.0.1 right now. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as net.AddressInfo).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from '../test/harness/util';
 
 /**
  * A `bash -c` script that raises the open-files limit to `n` (or to the hard limit when `n` is

@@ -6,6 +6,7 @@ import { upstreamPort } from '../config/load';
 import { CredentialsHub } from '../credentials/hub';
 import { buildCredentialSource, describeSource } from '../credentials/providers';
 import { credentialsError } from '../credentials/tokens';
+import { refusedLoginCauses } from '../credentials/hints';
 import { readSecret } from '../config/secrets';
 import { asProxyError, ErrorCode, ProxyError } from '../errors';
 import type { Logger } from '../log';
@@ -37,16 +38,6 @@ export interface DoctorOptions {
   database?: string;
   log: Logger;
 }
-
-const LOGIN_CAUSES = (l: Listener, user: string): string[] => [
-  l.engine === 'postgres'
-    ? `the database user "${user}" lacks the rds_iam role (GRANT rds_iam TO "${user}")`
-    : `the database user '${user}' was not created WITH AWSAuthenticationPlugin AS 'RDS'`,
-  `the IAM policy lacks rds-db:connect on arn:aws:rds-db:${l.auth.region}:<ACCOUNT>:dbuser:<DbiResourceId>/${user}`,
-  `the region is wrong (signing for ${l.auth.region})`,
-  'the host clock is off (tokens are signed with the local time)',
-  'upstream.host is not the endpoint name the database knows (the token is signed for it)',
-];
 
 /**
  * Walks every step a login takes, for each listener, and says which one fails and why:
@@ -263,7 +254,10 @@ async function checkListener(
         status: 'fail',
         detail: `${e.message}${code}`,
         ...(e.code === ErrorCode.UpstreamAuth
-          ? { causes: LOGIN_CAUSES(l, user), fix: 'fix the first cause that applies, then run doctor again' }
+          ? {
+              causes: refusedLoginCauses(l, user),
+              fix: 'fix the first cause that applies, then run doctor again',
+            }
           : {}),
       });
     }

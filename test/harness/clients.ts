@@ -8,17 +8,16 @@ export interface ProcResult {
   stderr: string;
 }
 
+/** Environment (added to the test's), standard input, a kill deadline, and a hook to signal the child. */
+export interface RunOptions {
+  env?: NodeJS.ProcessEnv;
+  input?: string;
+  timeoutMs?: number;
+  onSpawn?: (kill: (s: NodeJS.Signals) => void) => void;
+}
+
 /** Runs a program to completion; never rejects on a non-zero exit (tests assert on it). */
-export function runProgram(
-  cmd: string,
-  args: string[],
-  o: {
-    env?: NodeJS.ProcessEnv;
-    input?: string;
-    timeoutMs?: number;
-    onSpawn?: (kill: (s: NodeJS.Signals) => void) => void;
-  } = {},
-): Promise<ProcResult> {
+export function runProgram(cmd: string, args: string[], o: RunOptions = {}): Promise<ProcResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { env: { ...process.env, ...o.env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
@@ -37,15 +36,6 @@ export function runProgram(
 }
 
 /** psql against the proxy: -X (no psqlrc), -A -t output, ON_ERROR_STOP. Extra args after. */
-export function psql(
-  conninfo: string,
-  args: string[],
-  o: {
-    env?: NodeJS.ProcessEnv;
-    input?: string;
-    timeoutMs?: number;
-    onSpawn?: (kill: (s: NodeJS.Signals) => void) => void;
-  } = {},
-): Promise<ProcResult> {
+export function psql(conninfo: string, args: string[], o: RunOptions = {}): Promise<ProcResult> {
   return runProgram('psql', ['-X', '-At', '-v', 'ON_ERROR_STOP=1', '-d', conninfo, ...args], o);
 }

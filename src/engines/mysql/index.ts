@@ -18,8 +18,8 @@
 import type net from 'node:net';
 import type tls from 'node:tls';
 import type { Duplex } from 'node:stream';
-import { listenerRegion } from '../../config/load';
 import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
+import { refusedLoginHint } from '../../credentials/hints';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import { upstreamTargetFor } from '../../net/dial';
@@ -136,7 +136,7 @@ export class MysqlEngine implements Engine {
     if (se?.errno !== undefined) {
       const message =
         err.code === ErrorCode.UpstreamAuth
-          ? `${se.message} [rds-iam-proxy: ${this.loginHint()}]`
+          ? `${se.message} [rds-iam-proxy: ${refusedLoginHint(this.o.listener)}]`
           : se.message;
       return { errno: se.errno, sqlState: se.sqlState ?? own.sqlState, message };
     }
@@ -145,17 +145,6 @@ export class MysqlEngine implements Engine {
         ? 'rds-iam-proxy: internal error; see its log'
         : `rds-iam-proxy: ${err.message}${err.hint ? ` (hint: ${err.hint})` : ''}`;
     return { errno: own.errno, sqlState: own.sqlState, message };
-  }
-
-  private loginHint(): string {
-    const l = this.o.listener;
-    if (l.auth.mode === 'password') return 'logged in with auth.password: check that the secret is current';
-    const region = listenerRegion(l) ?? '<region>';
-    return (
-      "logged in with an IAM token. Check: the user is IDENTIFIED WITH AWSAuthenticationPlugin AS 'RDS' (the MySQL counterpart of PostgreSQL's rds_iam); " +
-      `the IAM policy allows rds-db:connect on arn:aws:rds-db:${region}:<ACCOUNT>:dbuser:<DbiResourceId>/<user>; ` +
-      `auth.region (${region}) is the database's region; upstream.host is the endpoint name; this host's clock is correct`
-    );
   }
 
   tokenRequest(user: string): TokenRequest {

@@ -1,6 +1,5 @@
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { listenerRegion } from '../../config/load';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import { upstreamTargetFor } from '../../net/dial';
@@ -13,6 +12,7 @@ import type {
   SessionInfo,
 } from '../../proxy/engine';
 import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
+import { refusedLoginHint } from '../../credentials/hints';
 import { authenticateClient, LocalUsers, readClientStartup } from './downstream';
 import { connectTls, login, sendCancel, type UpstreamSession, type UpstreamTarget } from './upstream';
 import { errorResponse, fatal, Field } from './wire';
@@ -80,7 +80,7 @@ export class PostgresEngine implements Engine {
     if (err.serverError?.fields) {
       const fields = new Map(err.serverError.fields);
       if (err.code === ErrorCode.UpstreamAuth) {
-        const hint = this.loginHint();
+        const hint = `rds-iam-proxy ${refusedLoginHint(this.o.listener)}`;
         const own = fields.get(Field.Hint);
         fields.set(Field.Hint, own ? `${own}\n${hint}` : hint);
       }
@@ -89,18 +89,6 @@ export class PostgresEngine implements Engine {
     const message =
       err.code === ErrorCode.Internal ? 'internal error in rds-iam-proxy; see its log' : err.message;
     return fatal(SQLSTATE[err.code], `rds-iam-proxy: ${message}`, err.hint);
-  }
-
-  private loginHint(): string {
-    const l = this.o.listener;
-    if (l.auth.mode === 'password')
-      return 'rds-iam-proxy logged in with auth.password: check that the secret is current';
-    const region = listenerRegion(l);
-    return (
-      'rds-iam-proxy logged in with an IAM token. Check: the database user has the rds_iam role (GRANT rds_iam TO <user>); ' +
-      `the IAM policy allows rds-db:connect on arn:aws:rds-db:${region}:<ACCOUNT>:dbuser:<DbiResourceId>/<user>; ` +
-      `auth.region (${region}) is the database's region; upstream.host is the endpoint name; this host's clock is correct`
-    );
   }
 
   tokenRequest(user: string): TokenRequest {
