@@ -1,4 +1,6 @@
+import os from 'node:os';
 import pino, { type Logger } from 'pino';
+import { version as packageVersion } from '../package.json';
 
 export type { Logger };
 
@@ -56,13 +58,28 @@ export interface LogOptions {
   format: 'json' | 'pretty';
   /** Destination stream; stdout by default. Tests pass a collector. */
   destination?: NodeJS.WritableStream;
+  /** `version` on every line; the package's version by default. */
+  version?: string;
 }
 
-/** Creates the root logger. Errors are serialized with their message scrubbed of token shapes. */
+/** `service` on every line, so a log pipeline can select this proxy's lines among others. */
+export const LOG_SERVICE = 'rds-iam-proxy';
+
+/**
+ * Creates the root logger. Every line carries `level` as a name ("info", not 30), `service`,
+ * `version`, `hostname` and `pid`. Errors are serialized with their message scrubbed of token shapes.
+ */
 export function createLogger(opts: LogOptions): Logger {
   const options: pino.LoggerOptions = {
     level: opts.level,
-    base: { pid: process.pid },
+    base: {
+      service: LOG_SERVICE,
+      version: opts.version ?? packageVersion,
+      hostname: os.hostname(),
+      pid: process.pid,
+    },
+    // Names, not pino's numbers: queries read `level="warn"` without a lookup table.
+    formatters: { level: (label) => ({ level: label }) },
     redact: { paths: REDACT_PATHS, censor: '[REDACTED]' },
     serializers: {
       err: serializeError,
@@ -84,7 +101,14 @@ export function createLogger(opts: LogOptions): Logger {
     },
   };
   if (opts.format === 'pretty' && !opts.destination) {
-    return pino({ ...options, transport: { target: 'pino-pretty', options: { colorize: true } } });
+    return pino({
+      ...options,
+      transport: {
+        target: 'pino-pretty',
+        // A terminal reader knows which host and program this is.
+        options: { colorize: true, ignore: 'service,version,hostname,pid' },
+      },
+    });
   }
   return pino(options, (opts.destination as pino.DestinationStream | undefined) ?? pino.destination(1));
 }

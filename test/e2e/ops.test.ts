@@ -255,14 +255,14 @@ describe('admin endpoints and logs', () => {
     const recs = p.records();
     const accepted = recs.find((r) => r['msg'] === 'accepted');
     expect(accepted).toMatchObject({
-      level: 30,
+      level: 'info',
       listener: 'app',
       connId: expect.any(Number),
       remote: expect.stringMatching(/^127\.0\.0\.1:\d+$/),
     });
     const loggedIn = recs.find((r) => r['msg'] === 'logged in');
     expect(loggedIn).toMatchObject({
-      level: 30,
+      level: 'info',
       listener: 'app',
       user: 'alice',
       database: 'appdb',

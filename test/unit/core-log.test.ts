@@ -1,4 +1,6 @@
+import os from 'node:os';
 import { Writable } from 'node:stream';
+import { version as packageVersion } from '../../package.json';
 import { Signer } from '@aws-sdk/rds-signer';
 import { createLogger, scrubSecrets } from '../../src/log';
 import { credentialsError } from '../../src/credentials/tokens';
@@ -150,9 +152,28 @@ describe('createLogger redaction', () => {
     expect(String(cred['message'])).toContain('STS said no to [REDACTED]');
     const child = byMsg('child logger');
     expect(child['listener']).toBe('app');
-    expect(child['level']).toBe(40);
+    expect(child['level']).toBe('warn');
     expect(typeof child['time']).toBe('string');
     expect(child['pid']).toBe(process.pid);
+  });
+
+  it('names the level and carries service, version and hostname on every line, children included', () => {
+    const out = collector();
+    const log = createLogger({ level: 'trace', format: 'json', destination: out.stream, version: '9.8.7' });
+    log.trace('t');
+    log.debug('d');
+    log.info('i');
+    log.child({ listener: 'app' }).warn('w');
+    log.error(new Error('e'));
+    log.fatal('f');
+    const lines = out.lines();
+    expect(lines.map((l) => l['level'])).toEqual(['trace', 'debug', 'info', 'warn', 'error', 'fatal']);
+    for (const l of lines) {
+      expect(l).toMatchObject({ service: 'rds-iam-proxy', version: '9.8.7', hostname: os.hostname() });
+    }
+    const dflt = collector();
+    createLogger({ level: 'info', format: 'json', destination: dflt.stream }).info('x');
+    expect(dflt.lines()[0]?.['version']).toBe(packageVersion);
   });
 
   // Regression: with no message argument pino copies err.message into `msg` unscrubbed (only `err` is).
