@@ -31,7 +31,20 @@ export interface LoadOptions {
   env?: NodeJS.ProcessEnv;
   /** `path=value` overrides from --set, applied last. Paths are dotted: listeners.app.upstream.host. */
   sets?: string[];
+  /** Flag-level layers (database URLs, --port, ...: src/config/url.ts), applied after env, before `sets`. */
+  layers?: ConfigLayer[];
 }
+
+/** Returns the raw config with its changes; reports what it cannot apply in `problems`. */
+export type ConfigLayer = (
+  raw: Record<string, unknown>,
+  problems: ConfigProblem[],
+) => Record<string, unknown>;
+
+/** What `run` and `check` say when nothing names a database. */
+export const NO_LISTENERS =
+  'no listeners: give a database URL (rds-iam-proxy run postgres://USER@HOST:5432/DB --port 15432), ' +
+  'a config file (--config FILE or RDS_IAM_PROXY_CONFIG=FILE), or RDS_IAM_PROXY__LISTENERS__… variables';
 
 /** Loads file < env < flags, validates, and returns the typed config or throws ConfigError. */
 export function loadConfig(opts: LoadOptions): Config {
@@ -55,6 +68,7 @@ export function loadConfig(opts: LoadOptions): Config {
     const segments = name.slice(ENV_PREFIX.length).split('__');
     raw = applyOverride(raw, segments, value, name, problems);
   }
+  for (const layer of opts.layers ?? []) raw = layer(isRecord(raw) ? raw : {}, problems);
   for (const set of opts.sets ?? []) {
     const eq = set.indexOf('=');
     if (eq <= 0) {
@@ -76,7 +90,11 @@ export function loadConfig(opts: LoadOptions): Config {
 export function validateConfig(raw: unknown, problems: ConfigProblem[] = []): Config {
   const parsed = Config.safeParse(raw);
   if (!parsed.success) {
-    problems.push(...zodProblems(parsed.error));
+    const given = isRecord(raw) ? raw['listeners'] : undefined;
+    const none = given === undefined || (Array.isArray(given) && given.length === 0);
+    if (none) problems.push({ path: 'listeners', message: NO_LISTENERS });
+    // zod's "expected array, received undefined" says nothing about how to give one.
+    problems.push(...zodProblems(parsed.error).filter((p) => !(none && p.path === 'listeners')));
     // Still run the cross-field rules over the listeners that parse, so one run shows everything.
     const items = isRecord(raw) && Array.isArray(raw['listeners']) ? raw['listeners'] : [];
     const listeners = items.map((l) => Listener.safeParse(l)).map((r) => (r.success ? r.data : undefined));
