@@ -161,6 +161,13 @@ function listenerChecks(listeners: (Listener | undefined)[], aws: AwsSettings): 
     if (l.client.auth === 'password' && l.client.users.length === 0) {
       out.push({ path: `${at}.client.users`, message: 'client.auth: password needs at least one user' });
     }
+    if (l.upstream.address !== undefined) {
+      try {
+        parseUpstreamAddress(l.upstream.address);
+      } catch (err) {
+        out.push({ path: `${at}.upstream.address`, message: (err as Error).message });
+      }
+    }
     if (l.auth.mode === 'password' && !l.auth.password) {
       out.push({
         path: `${at}.auth.password`,
@@ -194,6 +201,36 @@ export function parseListen(listen: string | number): ListenAddress {
   if (!m) throw new Error(`"${listen}" is not host:port, a port, or an absolute unix socket path`);
   const host = m[1] || m[2] || '127.0.0.1';
   return { kind: 'tcp', host, port: checkPort(Number(m[3])) };
+}
+
+/** A parsed `upstream.address`: the host to dial, and the port when it differs from `upstream.port`. */
+export interface UpstreamAddress {
+  /** Name, IPv4 or IPv6 (without brackets) to dial. */
+  host: string;
+  /** Port to dial; absent means `upstream.port`. */
+  port?: number;
+}
+
+/**
+ * Parses `upstream.address`: `HOST`, `HOST:PORT`, `IPv6` or `[IPv6]:PORT` (`127.0.0.1:15432`,
+ * `[::1]:15432`, `tunnel.local:15432`). Throws an Error whose message says what form is expected.
+ */
+export function parseUpstreamAddress(address: string): UpstreamAddress {
+  const expected = 'expected HOST, HOST:PORT or [IPv6]:PORT, e.g. 127.0.0.1:15432 for a tunnel';
+  if (isIP(address) === 6) return { host: address };
+  const m = /^(?:\[([^\]]*)\]|([^:[\]]*))(?::(\d*))?$/.exec(address);
+  if (!m) throw new Error(`"${address}" is not an address: ${expected}`);
+  const [, v6, name, portText] = m;
+  const host = v6 ?? name ?? '';
+  if (v6 !== undefined && isIP(v6) !== 6) throw new Error(`"[${v6}]" is not an IPv6 address: ${expected}`);
+  if (host === '') throw new Error(`"${address}" has no host: ${expected}`);
+  if (v6 === undefined && isIP(host) === 0 && !/^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?$/.test(host))
+    throw new Error(`"${host}" is not a host name or IP address: ${expected}`);
+  if (portText === undefined) return { host };
+  const port = Number(portText);
+  if (portText === '' || port < 1 || port > 65535)
+    throw new Error(`port "${portText}" in "${address}" must be 1..65535: ${expected}`);
+  return { host, port };
 }
 
 function checkPort(port: number): number {

