@@ -2,27 +2,14 @@
  * Packaging checks that run without Docker, Helm or a systemd PID 1:
  * - Dockerfile: every COPY source exists and survives .dockerignore; the build context alone
  *   compiles (`tsc -p tsconfig.build.json`) into the ENTRYPOINT file; the user is numeric non-root.
- * - Helm chart: Chart.yaml and values.yaml parse, the proxy config in values validates, the
- *   templates carry the native-sidecar, probe and lockdown keys; rendered with `helm template`
- *   too when a helm binary is available (HELM_BIN or PATH).
+ * - (the Helm chart: test/unit/ops-chart.test.ts)
  * - systemd unit: `systemd-analyze verify` passes without warnings; `security` rates it OK.
  * Child processes run asynchronously (execFile), never blocking the event loop.
  */
 import { execFile } from 'node:child_process';
-import {
-  cpSync,
-  existsSync,
-  mkdtempSync,
-  readFileSync,
-  readdirSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import YAML from 'yaml';
-import { validateConfig, parseListen } from '../../src/config/load';
 
 const ROOT = path.resolve(__dirname, '../..');
 const read = (p: string): string => readFileSync(path.join(ROOT, p), 'utf8');
@@ -152,128 +139,6 @@ describe('Dockerfile', () => {
       rmSync(ctx, { recursive: true, force: true });
     }
   }, 60_000); // a full tsc build: seconds alone, more while the e2e suites run beside it
-});
-
-describe('Helm chart', () => {
-  const chartDir = 'helm/rds-iam-proxy';
-  const chart = YAML.parse(read(`${chartDir}/Chart.yaml`)) as Record<string, unknown>;
-  const valuesText = read(`${chartDir}/values.yaml`);
-  const values = YAML.parse(valuesText) as {
-    proxy: {
-      nativeSidecar: boolean;
-      adminPort: number;
-      config: unknown;
-      securityContext: Record<string, unknown>;
-    } & Record<string, unknown>;
-    serviceAccount: { annotations: Record<string, string> };
-    terminationGracePeriodSeconds: number;
-  };
-  const templates = readdirSync(path.join(ROOT, chartDir, 'templates'))
-    .map((f) => read(`${chartDir}/templates/${f}`))
-    .join('\n');
-
-  test('Chart.yaml is a v2 application chart', () => {
-    expect(chart).toMatchObject({ apiVersion: 'v2', name: 'rds-iam-proxy', type: 'application' });
-    expect(chart['version']).toMatch(/^\d+\.\d+\.\d+/);
-  });
-
-  test('the proxy config in values.yaml validates, with the admin port and /tmp CA the pod expects', () => {
-    const cfg = validateConfig(values.proxy.config);
-    const admin = parseListen(cfg.admin.listen ?? '');
-    expect(admin).toMatchObject({ kind: 'tcp', port: values.proxy.adminPort });
-    expect(cfg.localTls.caFile).toMatch(/^\/tmp\//);
-    // Kubernetes must wait longer than the proxy's whole drain.
-    expect(values.terminationGracePeriodSeconds * 1000).toBeGreaterThan(
-      cfg.shutdown.minDelayMs + cfg.shutdown.maxDelayMs,
-    );
-  });
-
-  test('a named template adds a native sidecar (restartPolicy: Always), with a switch for regular containers', () => {
-    expect(templates).toMatch(/define "rds-iam-proxy\.sidecar"/);
-    expect(templates).toMatch(/restartPolicy: Always/);
-    expect(templates).toMatch(/initContainers:/);
-    expect(templates).toMatch(/\.Values\.proxy\.nativeSidecar/);
-    expect(values.proxy.nativeSidecar).toBe(true);
-    expect(templates).toMatch(/kind: Deployment/);
-    expect(templates).toMatch(/kind: ConfigMap/);
-    expect(templates).toMatch(/kind: ServiceAccount/);
-    expect(templates).toMatch(/terminationGracePeriodSeconds/);
-  });
-
-  test('probes on the admin port; locked-down security context; IRSA annotation and Pod Identity notes', () => {
-    for (const probe of ['startupProbe', 'livenessProbe', 'readinessProbe'])
-      expect(templates).toContain(probe);
-    const p = values.proxy as Record<string, { httpGet?: { path: string; port: string } }>;
-    expect(p['livenessProbe']?.httpGet).toEqual({ path: '/healthz', port: 'admin' });
-    expect(p['readinessProbe']?.httpGet).toEqual({ path: '/readyz', port: 'admin' });
-    expect(values.proxy.securityContext).toMatchObject({
-      runAsNonRoot: true,
-      readOnlyRootFilesystem: true,
-      allowPrivilegeEscalation: false,
-      capabilities: { drop: ['ALL'] },
-      seccompProfile: { type: 'RuntimeDefault' },
-    });
-    expect(Number(values.proxy.securityContext['runAsUser'])).toBeGreaterThan(0);
-    expect(values.proxy['resources']).toMatchObject({
-      requests: expect.any(Object),
-      limits: expect.any(Object),
-    });
-    expect(templates).toMatch(/mountPath: \/tmp/);
-    expect(templates).toMatch(/emptyDir:/);
-    expect(values.serviceAccount.annotations['eks.amazonaws.com/role-arn']).toMatch(
-      /^arn:aws:iam::\d{12}:role\//,
-    );
-    expect(valuesText).toMatch(/EKS Pod Identity/);
-  });
-
-  const helm = process.env['HELM_BIN'] ?? which('helm');
-  (helm ? test : test.skip)(
-    'helm template renders valid manifests in both sidecar modes (needs helm)',
-    async () => {
-      for (const native of [true, false]) {
-        const r = await exec(helm as string, [
-          'template',
-          'demo',
-          path.join(ROOT, chartDir),
-          '--set',
-          `proxy.nativeSidecar=${native}`,
-        ]);
-        expect(r.stderr).toBe('');
-        expect(r.code).toBe(0);
-        const docs = YAML.parseAllDocuments(r.stdout).map(
-          (d) => d.toJS() as { kind: string } & Record<string, unknown>,
-        );
-        const kinds = docs.map((d) => d.kind).sort();
-        expect(kinds).toEqual(['ConfigMap', 'Deployment', 'ServiceAccount']);
-        const cm = docs.find((d) => d.kind === 'ConfigMap') as unknown as { data: { 'config.yaml': string } };
-        validateConfig(YAML.parse(cm.data['config.yaml']));
-        const dep = docs.find((d) => d.kind === 'Deployment') as unknown as {
-          spec: {
-            template: {
-              spec: { initContainers?: Record<string, unknown>[]; containers: Record<string, unknown>[] };
-            };
-          };
-        };
-        const pod = dep.spec.template.spec;
-        const proxy = native
-          ? pod.initContainers?.[0]
-          : pod.containers.find((c) => c['name'] === 'rds-iam-proxy');
-        expect(proxy?.['name']).toBe('rds-iam-proxy');
-        if (native) expect(proxy?.['restartPolicy']).toBe('Always');
-        else expect(pod.initContainers).toBeUndefined();
-      }
-      const tooShort = await exec(helm as string, [
-        'template',
-        'demo',
-        path.join(ROOT, chartDir),
-        '--set',
-        'terminationGracePeriodSeconds=10',
-      ]);
-      expect(tooShort.code).not.toBe(0);
-      expect(tooShort.stderr).toMatch(/terminationGracePeriodSeconds must exceed/);
-    },
-    30_000,
-  );
 });
 
 describe('systemd unit', () => {
