@@ -45,7 +45,7 @@ export async function startProxyProcess(o: {
   dir: string;
   listeners: ListenerSpec[];
   env?: Record<string, string>;
-  /** Open-files limit for the process (ulimit -n); default 65536. */
+  /** Open-files limit for the process (ulimit -n); default 65536; 0 = inherit, exec node directly. */
   nofile?: number;
   logLevel?: string;
   /** Extra node flags, e.g. --max-semi-space-size. */
@@ -83,23 +83,20 @@ export async function startProxyProcess(o: {
   const configFile = path.join(o.dir, `${o.name}.yaml`);
   await fs.writeFile(configFile, stringify(config));
   const nofile = o.nofile ?? 65536;
+  const argv = [
+    o.node ?? process.execPath,
+    ...(o.nodeFlags ?? (process.env['BENCH_PROXY_NODE_FLAGS'] ?? '').split(' ').filter(Boolean)),
+    o.cli ?? CLI,
+    'run',
+    '--config',
+    configFile,
+  ];
   const t0 = performance.now();
-  // `exec` keeps the pid: the process bash starts is node itself.
-  const d = startDaemon(
-    'bash',
-    [
-      '-c',
-      withNofile(nofile),
-      o.node ?? process.execPath,
-      ...(o.nodeFlags ?? (process.env['BENCH_PROXY_NODE_FLAGS'] ?? '').split(' ').filter(Boolean)),
-      o.cli ?? CLI,
-      'run',
-      '--config',
-      configFile,
-    ],
-    path.join(o.dir, `${o.name}.log`),
-    { env: childEnv(o.env ?? {}) },
-  );
+  // Through bash for the ulimit; `exec` keeps the pid, so the process is node itself.
+  const [cmd, ...args] = nofile > 0 ? ['bash', '-c', withNofile(nofile), ...argv] : argv;
+  const d = startDaemon(cmd ?? 'node', args, path.join(o.dir, `${o.name}.log`), {
+    env: childEnv(o.env ?? {}),
+  });
   const listening = listeningLines(d, o.listeners.length, t0);
   try {
     for (const port of Object.values(ports)) await waitForPort(port, d.exited);

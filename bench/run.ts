@@ -15,7 +15,7 @@
  *   BENCH_SKIP=loop,far,connect,mysql,memory (sections to leave out)
  *   BENCH_EXTRA=copy,iam (sections off by default: a 200 MB COPY, IAM connect time)
  *   BENCH_FAR_RTT_MS=0.5 (round trip the far-database relay aims for)
- *   BENCH_IDLE_CONNECTIONS=500 (idle connections held for RSS per connection)
+ *   BENCH_IDLE_CONNECTIONS=1000 (idle connections held for RSS per connection)
  *   BENCH_STARTS=3 (cold starts per Node version)
  *   BENCH_PROXY_CLI=/path/to/dist/src/cli.js (measure another build, e.g. a prototype of a change)
  *   BENCH_PROXY_NODE_FLAGS="--max-semi-space-size=1" (node flags for the proxy processes)
@@ -79,7 +79,7 @@ const CONNECT_SECONDS = Math.max(1, Math.round(SECONDS / 2));
 const SKIP = new Set((process.env['BENCH_SKIP'] ?? '').split(',').filter(Boolean));
 const EXTRA = new Set((process.env['BENCH_EXTRA'] ?? '').split(',').filter(Boolean));
 const FAR_RTT_MS = Number(process.env['BENCH_FAR_RTT_MS'] ?? 0.5);
-const IDLE_CONNECTIONS = Math.max(1, Number(process.env['BENCH_IDLE_CONNECTIONS'] ?? 500));
+const IDLE_CONNECTIONS = Math.max(1, Number(process.env['BENCH_IDLE_CONNECTIONS'] ?? 1000));
 const STARTS = Math.max(1, Number(process.env['BENCH_STARTS'] ?? 3));
 const COPY_MB = 200;
 const COPY_SMALL_MB = 100;
@@ -571,6 +571,7 @@ async function benchMemory(dir: string, fake: FakeUpstream, runtimes: Runtime[])
         listeners: [listener(fake.caFile)],
         env,
         node: rt.node,
+        nofile: 0,
         localCaFile: path.join(sub, 'local-ca.pem'),
       });
       await p.stop();
