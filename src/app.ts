@@ -237,7 +237,7 @@ class App implements ProxyApp {
         ? {
             ...this.shared,
             ...(sharedChanged ? { credentials: this.hub(next) } : {}),
-            ...(tlsChanged ? { localTls: new LocalTls(next.localTls.caFile) } : {}),
+            ...(tlsChanged ? { localTls: new LocalTls(next.localTls) } : {}),
           }
         : this.shared;
     const plan: { entry: Entry; old: Entry | undefined }[] = [];
@@ -320,7 +320,7 @@ class App implements ProxyApp {
   private buildShared(cfg: Config): Shared {
     return {
       credentials: this.hub(cfg),
-      localTls: new LocalTls(cfg.localTls.caFile),
+      localTls: new LocalTls(cfg.localTls),
       cancels: new CancelRegistry(),
       dialer: this.deps.dialer ?? tcpDialer,
       env: this.deps.env ?? process.env,
@@ -354,6 +354,8 @@ class App implements ProxyApp {
         handshakeTimeoutMs: l.handshakeTimeoutMs,
         idleTimeoutMs: l.idleTimeoutMs,
         maxConnections: l.maxConnections,
+        socketMode: l.socketMode,
+        ...(l.socketGroup !== undefined ? { socketGroup: l.socketGroup } : {}),
       },
       { connections: this.limits, logins: this.logins },
     );

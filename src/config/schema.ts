@@ -136,6 +136,19 @@ export const Listener = z.strictObject({
   engine: Engine,
   /** Where local clients connect; default host 127.0.0.1. */
   listen: ListenAddress,
+  /**
+   * Unix socket listeners: file mode of the socket, octal string. Connecting needs write
+   * permission on it, so this decides which local users may log in as the database user.
+   * Default '0777' (PostgreSQL's default): anyone who can reach the directory.
+   */
+  socketMode: z
+    .string({
+      error: "an octal mode in quotes, e.g. socketMode: '0660' (YAML reads an unquoted 0660 as a number)",
+    })
+    .regex(/^0?[0-7]{3}$/, "an octal mode such as '0660'")
+    .default('0777'),
+  /** Unix socket listeners: group (name or numeric gid) given to the socket, e.g. the apps' group with socketMode '0660'. */
+  socketGroup: z.union([z.string().min(1), z.number().int().min(0)]).optional(),
   upstream: Upstream,
   auth: Auth.default({ mode: 'iam' }),
   client: Client.default({
@@ -199,10 +212,27 @@ export const Config = z.strictObject({
       loginQueue: z.number().int().min(0).default(1000),
     })
     .default({ maxConnections: 0, loginsPerSecond: 0, loginQueue: 1000 }),
+  /**
+   * Files of `client.tls: auto` (see README "Local TLS files"). They live in a directory only the
+   * proxy's user (or root) can write; one owned by another user, writable by others (unless
+   * sticky) or a symlink is refused, and no file there is followed through a link.
+   */
   localTls: z
     .strictObject({
-      /** Where the generated local CA certificate is written for `client.tls: auto`. */
+      /**
+       * Directory for the CA certificate (`local-ca.pem`, 0644) and, with `cache`, its key
+       * (`local-ca-key.pem`, 0600); created 0755 if missing. Default: the directory of `caFile`;
+       * else `$STATE_DIRECTORY`, `$RUNTIME_DIRECTORY` (systemd), `$XDG_RUNTIME_DIR/rds-iam-proxy`,
+       * `/run/rds-iam-proxy` as root, else `<tmpdir>/rds-iam-proxy-<uid>`.
+       */
+      dir: z.string().regex(/^\//, 'an absolute path').optional(),
+      /** Exact path of the generated CA certificate (clients' sslrootcert / ssl-ca); default `<dir>/local-ca.pem`. */
       caFile: z.string().min(1).optional(),
+      /**
+       * Keep the CA key on disk and reuse it, so restarts and other proxies sharing the directory
+       * present the same CA. Default true, except when only `caFile` is set (key kept in memory).
+       */
+      cache: z.boolean().optional(),
     })
     .default({}),
   listeners: z.array(Listener).min(1, 'configure at least one listener'),

@@ -1,5 +1,6 @@
 import net from 'node:net';
-import { chmodSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { setSocketPermissions } from '../net/files';
 import type { Logger } from '../log';
 import { parseListen, type ListenAddress } from '../config/load';
 import type { Engine } from './engine';
@@ -16,6 +17,10 @@ export interface ListenerSettings {
   idleTimeoutMs?: number;
   /** Open connections this listener accepts; 0 = unlimited. */
   maxConnections?: number;
+  /** Unix sockets: octal mode string, default '0777'. */
+  socketMode?: string;
+  /** Unix sockets: group name or gid given to the socket. */
+  socketGroup?: string | number;
 }
 
 /** Limits shared by all listeners (the `limits` section); absent = unlimited. */
@@ -27,8 +32,8 @@ export interface SharedLimits {
 /**
  * One bound address feeding one engine. Tracks its live connections so shutdown can drain
  * them and a reload can leave them running. TCP binds default to 127.0.0.1; a unix socket path is
- * replaced if a stale socket file (nobody listening) is in the way, and made connectable by any
- * user who can reach its directory (mode 0777, like PostgreSQL's). Connection limits are checked
+ * replaced if a stale socket file (nobody listening) is in the way, and gets the listener's
+ * socketMode and socketGroup (default 0777, like PostgreSQL's). Connection limits are checked
  * on accept; a refused client gets the engine's "too many connections" error.
  */
 export class ProxyListener {
@@ -83,9 +88,16 @@ export class ProxyListener {
       else server.listen({ host: this.bind.host, port: this.bind.port }, resolve);
     });
     server.removeAllListeners('error');
-    // Like PostgreSQL's default unix_socket_permissions (0777), whatever the umask: who may
-    // connect is decided by the directory's permissions, as for a loopback port by the host.
-    if (this.bind.kind === 'unix') chmodSync(this.bind.path, 0o777);
+    // socketMode (default 0777, like PostgreSQL's unix_socket_permissions) and socketGroup,
+    // whatever the umask: they decide which local users may connect (README "Unix sockets").
+    if (this.bind.kind === 'unix') {
+      try {
+        setSocketPermissions(this.bind.path, this.settings.socketMode ?? '0777', this.settings.socketGroup);
+      } catch (err) {
+        server.close();
+        throw err;
+      }
+    }
     this.attach(server);
     this.log.info({ listener: this.name, address: this.address() }, 'listening');
   }
