@@ -168,6 +168,13 @@ function listenerChecks(listeners: (Listener | undefined)[], aws: AwsSettings): 
         out.push({ path: `${at}.upstream.address`, message: (err as Error).message });
       }
     }
+    if (l.engine === 'mysql' && l.upstream.tls.negotiation === 'direct') {
+      out.push({
+        path: `${at}.upstream.tls.negotiation`,
+        message:
+          'direct TLS is a PostgreSQL 17+ / Aurora PostgreSQL feature; MySQL and MariaDB always start in plaintext and upgrade with SSLRequest: remove it from this mysql listener',
+      });
+    }
     if (l.auth.mode === 'password' && !l.auth.password) {
       out.push({
         path: `${at}.auth.password`,

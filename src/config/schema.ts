@@ -69,6 +69,13 @@ const UpstreamTls = z.strictObject({
   ca: z.string().min(1).default('rds'),
   /** Lowest TLS version accepted from the database. */
   minVersion: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
+  /**
+   * How a Postgres upstream starts TLS. postgres: SSLRequest, then TLS (every PostgreSQL, RDS).
+   * direct: the TLS ClientHello is the first byte, with SNI = host and ALPN `postgresql`
+   * (PostgreSQL 17+ `sslnegotiation=direct`; Aurora PostgreSQL express configuration).
+   * Postgres listeners only.
+   */
+  negotiation: z.enum(['postgres', 'direct']).default('postgres'),
 });
 
 const Upstream = z.strictObject({
@@ -88,7 +95,7 @@ const Upstream = z.strictObject({
   database: z.string().min(1).optional(),
   /** TCP connect timeout, milliseconds. */
   connectTimeoutMs: z.number().int().positive().default(10_000),
-  tls: UpstreamTls.default({ ca: 'rds', minVersion: 'TLSv1.2' }),
+  tls: UpstreamTls.default({ ca: 'rds', minVersion: 'TLSv1.2', negotiation: 'postgres' }),
 });
 
 const Auth = z.strictObject({

@@ -84,6 +84,8 @@ export interface UpstreamTarget {
   dial: DialTarget;
   tls: UpstreamTlsOptions;
   dialer: Dialer;
+  /** How a Postgres upstream starts TLS (`upstream.tls.negotiation`); absent means postgres (SSLRequest). */
+  negotiation?: 'postgres' | 'direct';
 }
 
 /** The upstream target of a listener; `ca` is its loaded `upstream.tls.ca`. */
@@ -92,6 +94,7 @@ export function upstreamTargetFor(l: Listener, dialer: Dialer, ca: string[]): Up
   const address = l.upstream.address !== undefined ? parseUpstreamAddress(l.upstream.address) : undefined;
   return {
     dialer,
+    negotiation: l.upstream.tls.negotiation,
     dial: {
       host: l.upstream.host,
       port: upstreamPort(l),

@@ -95,3 +95,30 @@ describe('config validation', () => {
     expect(t.dial.dialPort).toBeUndefined();
   });
 });
+
+describe('upstream.tls.negotiation', () => {
+  test('defaults to postgres (SSLRequest) and reaches the dial target', () => {
+    const l = validateConfig(config({})).listeners[0];
+    if (!l) throw new Error('no listener');
+    expect(l.upstream.tls.negotiation).toBe('postgres');
+    const d = validateConfig(config({ tls: { negotiation: 'direct' } })).listeners[0];
+    if (!d) throw new Error('no listener');
+    expect(upstreamTargetFor(d, tcpDialer, []).negotiation).toBe('direct');
+  });
+
+  test('direct is refused for a mysql listener, at its key path', () => {
+    expect(problemsOf(config({ tls: { negotiation: 'direct' } }, 'mysql'))).toEqual([
+      {
+        path: 'listeners.0.upstream.tls.negotiation',
+        message: expect.stringMatching(/PostgreSQL 17\+ .* MySQL and MariaDB always start in plaintext/),
+      },
+    ]);
+  });
+
+  test('an unknown value names the allowed ones', () => {
+    const problems = problemsOf(config({ tls: { negotiation: 'starttls' } }));
+    expect(problems).toHaveLength(1);
+    expect(problems[0]?.path).toBe('listeners.0.upstream.tls.negotiation');
+    expect(problems[0]?.message).toMatch(/postgres.*direct/);
+  });
+});

@@ -1,5 +1,6 @@
 import type tls from 'node:tls';
 import { upstreamTls, type UpstreamTarget } from '../../net/dial';
+import { PG_ALPN } from './downstream';
 import { SocketReader } from '../../net/reader';
 import { ErrorCode, ProxyError } from '../../errors';
 import type { PhaseTimings } from '../../proxy/engine';
@@ -48,6 +49,33 @@ export async function connectTls(t: UpstreamTarget, timings?: PhaseTimings): Pro
   const raw = await t.dialer.dial(t.dial);
   if (timings) timings.upstreamConnectMs = ms(t0);
   t0 = performance.now();
+  if (t.negotiation === 'direct') {
+    // PostgreSQL 17+ `sslnegotiation=direct` and Aurora's express gateway: no SSLRequest; the
+    // ClientHello is the first byte, with SNI = host and ALPN postgresql, which the server must accept.
+    const s = await upstreamTls(raw, { ...t.tls, alpn: [PG_ALPN] }).catch((err: unknown) => {
+      if (!(err instanceof ProxyError) || !err.message.startsWith('TLS handshake')) throw err;
+      throw new ProxyError(
+        ErrorCode.UpstreamTls,
+        `direct TLS with upstream ${t.dial.host} failed: ${err.message}`,
+        {
+          cause: err,
+          hint: 'upstream.tls.negotiation: direct needs PostgreSQL 17+ or an Aurora PostgreSQL express endpoint; use negotiation: postgres for older servers and RDS',
+        },
+      );
+    });
+    if (s.alpnProtocol !== PG_ALPN) {
+      s.destroy();
+      throw new ProxyError(
+        ErrorCode.UpstreamTls,
+        `upstream ${t.dial.host} did not accept ALPN "${PG_ALPN}" for direct TLS`,
+        {
+          hint: 'use upstream.tls.negotiation: postgres unless the server is PostgreSQL 17+ or an Aurora PostgreSQL express endpoint',
+        },
+      );
+    }
+    if (timings) timings.upstreamTlsMs = ms(t0);
+    return s;
+  }
   const reader = new SocketReader(raw, 64, 'server');
   try {
     raw.write(sslRequest());
