@@ -358,6 +358,7 @@ class App implements ProxyApp {
         ...(l.socketGroup !== undefined ? { socketGroup: l.socketGroup } : {}),
       },
       { connections: this.limits, logins: this.logins },
+      metrics,
     );
     return { cfg: l, listener, shared };
   }
@@ -375,8 +376,8 @@ class App implements ProxyApp {
     };
     const result = e.shared.credentials
       .sourceFor(l)
-      .getToken(req)
-      .then(
+      .lease(req)
+      .secret.then(
         () => undefined,
         (err: unknown) => `credentials: ${scrubSecrets(err instanceof Error ? err.message : String(err))}`,
       );

@@ -64,14 +64,54 @@ export class ProxyError extends Error {
   }
 }
 
+/** Which leg of a connection: the app (client) or the database (server). */
+export type PeerSide = 'client' | 'server';
+
+/** A handshake peer closed or errored before the bytes asked for arrived. */
+export class PeerClosedError extends Error {
+  constructor(
+    readonly side: PeerSide,
+    cause?: unknown,
+  ) {
+    super(
+      `${side === 'client' ? 'client' : 'upstream'} closed the connection during the handshake`,
+      cause === undefined ? undefined : { cause },
+    );
+    this.name = 'PeerClosedError';
+  }
+}
+
+/** A handshake peer sent more unread bytes than the proxy is willing to hold. */
+export class BufferLimitError extends Error {
+  constructor(limit: number) {
+    super(`peer sent more than ${limit} bytes ahead of the handshake`);
+    this.name = 'BufferLimitError';
+  }
+}
+
+/**
+ * A SCRAM-SHA-256 exchange failed. `proof`: the password (or the server's signature) did not
+ * match; otherwise a message was malformed or unsupported.
+ */
+export class ScramError extends Error {
+  constructor(
+    message: string,
+    readonly kind: 'proof' | 'protocol',
+  ) {
+    super(message);
+    this.name = 'ScramError';
+  }
+}
+
 /** Wraps anything thrown into a ProxyError; unknown errors become Internal (logged, not sent raw). */
 export function asProxyError(err: unknown): ProxyError {
   if (err instanceof ProxyError) return err;
-  if (err instanceof Error && err.name === 'PeerClosedError') {
-    const server = (err as { side?: string }).side === 'server';
-    return new ProxyError(server ? ErrorCode.UpstreamUnreachable : ErrorCode.ClientGone, err.message, {
-      cause: err,
-    });
+  if (err instanceof PeerClosedError) {
+    return new ProxyError(
+      err.side === 'server' ? ErrorCode.UpstreamUnreachable : ErrorCode.ClientGone,
+      err.message,
+      { cause: err },
+    );
   }
   return new ProxyError(ErrorCode.Internal, 'internal proxy error; see the proxy log', { cause: err });
 }

@@ -8,38 +8,13 @@
  */
 import client from 'prom-client';
 import type { PhaseTimings } from '../proxy/engine';
+import type { CloseReason, ConnectionOutcome, LimitName, ProxyObserver } from '../proxy/observer';
 import { ErrorCode, type ProxyError } from '../errors';
 
 export const registry = new client.Registry();
 client.collectDefaultMetrics({ register: registry });
 
 const registers = [registry];
-
-/** How a connection ended, for `rds_iam_proxy_connections_total{outcome}`. */
-export type ConnectionOutcome =
-  /** Logged in upstream and spliced until one side closed. */
-  | 'spliced'
-  /** A request that needed no session (a Postgres CancelRequest). */
-  | 'handled'
-  /** The handshake failed (the client got the protocol's error). */
-  | 'failed'
-  /** Refused by a limit (the client got 53300 / 1040) or shut down before its handshake began. */
-  | 'rejected';
-
-/** Which limit refused a connection, for `rds_iam_proxy_limit_rejections_total{limit}`. */
-export type LimitName =
-  /** listeners[].maxConnections */
-  | 'listener_max_connections'
-  /** limits.maxConnections */
-  | 'max_connections'
-  /** limits.loginQueue was full */
-  | 'login_queue'
-  /** The handshake deadline passed while waiting for a login slot (limits.loginsPerSecond). */
-  | 'login_wait';
-
-/** Why a spliced session ended, for `rds_iam_proxy_sessions_closed_total{reason}`. */
-export type CloseReason =
-  'client_closed' | 'server_closed' | 'client_error' | 'server_error' | 'idle_timeout' | 'shutdown';
 
 const PHASES: ReadonlyArray<readonly [keyof PhaseTimings, string]> = [
   ['downstreamMs', 'downstream'],
@@ -195,7 +170,10 @@ function serverCode(err: ProxyError): string {
   return '';
 }
 
-/** Intent-named recording functions: the only way the rest of the proxy touches metrics. */
+/**
+ * Intent-named recording functions: the only way the rest of the proxy touches metrics. The
+ * connection path's events arrive through the ProxyObserver interface (injected by app.ts).
+ */
 export const metrics = {
   /** A connection was accepted (and not refused by a connection limit). */
   connectionOpened(listener: string): void {
@@ -271,7 +249,7 @@ export const metrics = {
   buildInfo(version: string): void {
     buildInfo.set({ version, node: process.versions.node }, 1);
   },
-};
+} satisfies ProxyObserver & Record<string, unknown>;
 
 /**
  * Records the host clock's offset from AWS (seconds, positive = this host is ahead). Called with

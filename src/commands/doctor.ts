@@ -1,6 +1,5 @@
 import dns from 'node:dns/promises';
 import net from 'node:net';
-import type tls from 'node:tls';
 import type { Config, Listener } from '../config/schema';
 import { upstreamPort } from '../config/load';
 import { CredentialsHub } from '../credentials/hub';
@@ -10,16 +9,13 @@ import { refusedLoginCauses } from '../credentials/hints';
 import { readSecret } from '../config/secrets';
 import { asProxyError, ErrorCode, ProxyError } from '../errors';
 import type { Logger } from '../log';
-import { loadUpstreamCa, tcpDialer, type UpstreamTarget, upstreamTargetFor } from '../net/dial';
-import { connectTls, login } from '../engines/postgres/upstream';
-import { PROTOCOL_3_0 } from '../engines/postgres/wire';
-import {
-  login as mysqlLogin,
-  openUpstream as mysqlOpen,
-  startTls as mysqlStartTls,
-} from '../engines/mysql/upstream';
-import { upstreamResponse as mysqlUpstreamResponse } from '../engines/mysql';
-import { Cap, type HandshakeResponse } from '../engines/mysql/wire';
+import { loadUpstreamCa, tcpDialer, upstreamTargetFor } from '../net/dial';
+import { probeUpstream as postgresProbe } from '../engines/postgres';
+import { probeUpstream as mysqlProbe } from '../engines/mysql';
+import type { ProbeSession, UpstreamProbe } from '../proxy/engine';
+
+/** Each engine's own check of its upstream: doctor knows no protocol. */
+const PROBES: Record<Listener['engine'], UpstreamProbe> = { postgres: postgresProbe, mysql: mysqlProbe };
 
 /** One line of the report. */
 export interface DoctorStep {
@@ -104,7 +100,7 @@ async function checkListener(
       const tokenUser = user ?? '(any)';
       secret = await hub
         .sourceFor(l)
-        .getToken({ host, port, user: user ?? 'doctor', region: l.auth.region ?? '' });
+        .lease({ host, port, user: user ?? 'doctor', region: l.auth.region ?? '' }).secret;
       add({
         step: 'token',
         status: 'ok',
@@ -194,10 +190,9 @@ async function checkListener(
   }
 
   // TLS (chain and name), then a real login, with the engine's own handshake
-  const probe = l.engine === 'postgres' ? postgresProbe : mysqlProbe;
   let session: ProbeSession;
   try {
-    session = await probe(target, user ?? 'doctor', l.upstream.database ?? o.database);
+    session = await PROBES[l.engine](target, user ?? 'doctor', l.upstream.database ?? o.database);
     const c = session.tls.getPeerCertificate();
     add({
       step: 'tls',
@@ -230,100 +225,36 @@ async function checkListener(
     return out;
   }
   try {
-    await session.login(secret);
+    const note = await session.login(secret);
     add({
       step: 'login',
       status: 'ok',
-      detail: `logged in as ${user}${session.database ? ` to ${session.database}` : ''}`,
+      detail: note
+        ? `authenticated as ${user} (${note}; pass --database to pick one)`
+        : `logged in as ${user}${session.database ? ` to ${session.database}` : ''}`,
     });
   } catch (err) {
     const e = asProxyError(err);
     const sqlState = e.serverError?.sqlState;
-    if (sqlState === '3D000' || e.serverError?.errno === 1049) {
-      add({
-        step: 'login',
-        status: 'ok',
-        detail: `authenticated as ${user} (${e.message}; pass --database to pick one)`,
-      });
-    } else {
-      const code = sqlState
-        ? ` (SQLSTATE ${sqlState}${e.serverError?.errno ? `, errno ${e.serverError.errno}` : ''})`
-        : '';
-      add({
-        step: 'login',
-        status: 'fail',
-        detail: `${e.message}${code}`,
-        ...(e.code === ErrorCode.UpstreamAuth
-          ? {
-              causes: refusedLoginCauses(l, user),
-              fix: 'fix the first cause that applies, then run doctor again',
-            }
-          : {}),
-      });
-    }
+    const code = sqlState
+      ? ` (SQLSTATE ${sqlState}${e.serverError?.errno ? `, errno ${e.serverError.errno}` : ''})`
+      : '';
+    add({
+      step: 'login',
+      status: 'fail',
+      detail: `${e.message}${code}`,
+      ...(e.code === ErrorCode.UpstreamAuth
+        ? {
+            causes: refusedLoginCauses(l, user),
+            fix: 'fix the first cause that applies, then run doctor again',
+          }
+        : {}),
+    });
   } finally {
     session.close();
   }
   return out;
 }
-
-/** An upstream connection verified up to TLS, ready for one login attempt. */
-interface ProbeSession {
-  tls: tls.TLSSocket;
-  database: string | undefined;
-  login(secret: string): Promise<void>;
-  close(): void;
-}
-type Probe = (target: UpstreamTarget, user: string, database: string | undefined) => Promise<ProbeSession>;
-
-const postgresProbe: Probe = async (target, user, database) => {
-  const s = await connectTls(target);
-  const db = database ?? 'postgres';
-  return {
-    tls: s,
-    database: db,
-    async login(secret) {
-      await login(s, {
-        version: PROTOCOL_3_0,
-        params: [
-          ['user', user],
-          ['database', db],
-        ],
-        user,
-        secret: Promise.resolve(secret),
-      });
-    },
-    close: () => s.destroy(),
-  };
-};
-
-const mysqlProbe: Probe = async (target, user, database) => {
-  const up = await mysqlOpen(target);
-  const client: HandshakeResponse = {
-    capabilities:
-      Cap.LONG_PASSWORD |
-      Cap.PROTOCOL_41 |
-      Cap.SECURE_CONNECTION |
-      Cap.PLUGIN_AUTH |
-      Cap.TRANSACTIONS |
-      Cap.MULTI_RESULTS,
-    mariadbCapabilities: 0,
-    maxPacketSize: 16 * 1024 * 1024,
-    charset: 45, // utf8mb4_general_ci
-    user,
-    authData: Buffer.alloc(0),
-  };
-  const response = mysqlUpstreamResponse(client, up.greeting, user, database);
-  const s = await mysqlStartTls(up, response, target);
-  return {
-    tls: s,
-    database,
-    async login(secret) {
-      await mysqlLogin(up, response, { mode: 'iam', secret: async () => secret, host: target.dial.host });
-    },
-    close: () => up.leg.destroy(),
-  };
-};
 
 /** Renders the steps for a terminal: one line each, causes and fix indented under failures. */
 export function formatReport(steps: DoctorStep[]): string {

@@ -31,17 +31,25 @@ export interface Token {
   credentialsExpiresAt?: number;
 }
 
-/** Produces a fresh secret for a login. The seam engines depend on. */
-export interface TokenSource {
-  /** Resolves with a secret valid for at least the safety margin. Rejects with ProxyError(Credentials). */
-  getToken(req: TokenRequest): Promise<string>;
+/**
+ * One login's hold on a secret. The seam engines depend on: they never look at clocks or cache
+ * entries, they only say whether the server refused what they were given.
+ */
+export interface TokenLease {
+  /** The token or password; rejects with ProxyError(Credentials). Awaited only after TLS is verified. */
+  readonly secret: Promise<string>;
   /**
-   * Forgets any cached secret for `req` (the server refused it); the next mint also refreshes
-   * the credentials behind it.
+   * True when the secret was served from a cache rather than produced for this login: a refusal
+   * may then mean revoked or rotated credentials, worth one retry with a fresh lease.
    */
-  invalidate(req: TokenRequest): void;
-  /** When the secret currently cached for `req` was minted (ms), if it is cached at all. */
-  mintedAt?(req: TokenRequest): number | undefined;
+  readonly cached: boolean;
+  /** The server refused the secret: forget it; the next lease also refreshes the credentials behind it. */
+  refused(): void;
+}
+
+/** Produces secrets for logins: IAM tokens (TokenCache) or a static password. */
+export interface TokenSource {
+  lease(req: TokenRequest): TokenLease;
 }
 
 /** Signs new tokens; no caching. */
@@ -152,7 +160,6 @@ export interface TokenEvents {
 
 interface Entry {
   token?: Token;
-  mintedAt?: number;
   /** When to start a background re-mint (ms). */
   refreshAt?: number;
   inflight?: Promise<Token>;
@@ -193,30 +200,42 @@ export class TokenCache implements TokenSource {
     this.timers = opts.timers ?? realTimers;
   }
 
-  async getToken(req: TokenRequest): Promise<string> {
-    const entry = this.entry(req);
-    const now = this.clock.now();
-    entry.lastUsed = now;
-    const t = entry.token;
-    if (t && now < t.expiresAt - this.marginMs) {
-      if (now >= (entry.refreshAt ?? t.expiresAt - this.refreshAheadMs) && !entry.inflight) {
-        this.start(entry, req, true).catch(() => undefined); // the old token still serves
-      }
-      return t.value;
-    }
-    return (await (entry.inflight ?? this.start(entry, req, false))).value;
+  lease(req: TokenRequest): TokenLease {
+    const cachedValue = this.cachedValue(req);
+    const secret = cachedValue !== undefined ? Promise.resolve(cachedValue) : this.mint(req);
+    secret.catch(() => undefined); // the login awaits it after TLS and reports a failure there
+    return { secret, cached: cachedValue !== undefined, refused: () => this.invalidate(req) };
   }
 
+  /** A valid token for `req`: the cached one, or a fresh mint. */
+  async getToken(req: TokenRequest): Promise<string> {
+    return this.cachedValue(req) ?? this.mint(req);
+  }
+
+  /** Forgets the token for `req` (the server refused it); the next mint refreshes the credentials too. */
   invalidate(req: TokenRequest): void {
     const entry = this.entries.get(cacheKey(req));
     if (!entry) return;
     delete entry.token;
-    delete entry.mintedAt;
     entry.forceRefresh = true;
   }
 
-  mintedAt(req: TokenRequest): number | undefined {
-    return this.entries.get(cacheKey(req))?.mintedAt;
+  /** The cached token when it is valid beyond the margin (starting a background refresh when due). */
+  private cachedValue(req: TokenRequest): string | undefined {
+    const entry = this.entry(req);
+    const now = this.clock.now();
+    entry.lastUsed = now;
+    const t = entry.token;
+    if (!t || now >= t.expiresAt - this.marginMs) return undefined;
+    if (now >= (entry.refreshAt ?? t.expiresAt - this.refreshAheadMs) && !entry.inflight) {
+      this.start(entry, req, true).catch(() => undefined); // the old token still serves
+    }
+    return t.value;
+  }
+
+  private async mint(req: TokenRequest): Promise<string> {
+    const entry = this.entry(req);
+    return (await (entry.inflight ?? this.start(entry, req, false))).value;
   }
 
   /** Expiry (ms) of the cached token for `req`, for metrics and tests. */
@@ -250,7 +269,6 @@ export class TokenCache implements TokenSource {
       (token) => {
         const now = this.clock.now();
         entry.token = token;
-        entry.mintedAt = now;
         entry.inflight = undefined;
         entry.failures = 0;
         delete entry.lastError;
@@ -294,9 +312,19 @@ function cacheKey(r: TokenRequest): string {
   return `${r.host}\0${r.port}\0${r.user}\0${r.region}`;
 }
 
-/** A fixed upstream password (auth.mode: password), re-read on every login so rotation needs no restart. */
+/**
+ * A fixed upstream password (auth.mode: password), re-read on every login so rotation needs no
+ * restart. Never cached, so a refusal is final.
+ */
 export class StaticPasswordSource implements TokenSource {
   constructor(private readonly read: () => string) {}
+
+  lease(): TokenLease {
+    const secret = this.getToken();
+    secret.catch(() => undefined);
+    return { secret, cached: false, refused: () => undefined };
+  }
+
   async getToken(): Promise<string> {
     try {
       return this.read();
@@ -310,5 +338,6 @@ export class StaticPasswordSource implements TokenSource {
       );
     }
   }
+
   invalidate(): void {}
 }

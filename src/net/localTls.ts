@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { createCA, issueCert, type Pem } from './certs';
 import { ensureOwnDir, readOwnFile, resolveStateDir, writeOwnFile, type StateDir } from './files';
 import { ErrorCode, ProxyError } from '../errors';
+import { onAbort } from '../abort';
 
 /** The `localTls` config section. */
 export interface LocalTlsSettings {
@@ -149,13 +150,15 @@ export class LocalTls {
 /**
  * Upgrades an accepted socket to TLS as the server. Bytes already read from `raw` (a direct-TLS
  * ClientHello) are handed back first. Resolves once the handshake completes; the TLS socket
- * owns `raw` afterwards.
+ * owns `raw` afterwards. Aborting `signal` destroys the socket (a client mid-handshake cannot
+ * read a plaintext error) and rejects with the signal's reason.
  */
 export function acceptTls(
   raw: import('node:net').Socket,
   secureContext: tls.SecureContext,
   alreadyRead: Buffer,
   alpn?: string[],
+  signal?: AbortSignal,
 ): Promise<tls.TLSSocket> {
   if (alreadyRead.length > 0) raw.unshift(alreadyRead);
   const s = new tls.TLSSocket(raw, {
@@ -165,6 +168,7 @@ export function acceptTls(
   });
   return new Promise((resolve, reject) => {
     const onError = (err: Error): void => {
+      stopWatching();
       s.destroy();
       reject(
         new ProxyError(ErrorCode.ClientProtocol, `local TLS handshake failed: ${err.message}`, {
@@ -173,9 +177,17 @@ export function acceptTls(
       );
     };
     const onClose = (): void => onError(new Error('client closed during TLS handshake'));
+    const stopWatching = onAbort(signal, (reason) => {
+      s.off('error', onError);
+      s.off('close', onClose);
+      s.on('error', () => undefined);
+      s.destroy();
+      reject(reason);
+    });
     s.once('error', onError);
     s.once('close', onClose);
     s.once('secure', () => {
+      stopWatching();
       s.off('error', onError);
       s.off('close', onClose);
       s.on('error', () => undefined);

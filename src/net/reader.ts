@@ -1,73 +1,45 @@
 import type { Duplex } from 'node:stream';
+import { BufferLimitError, PeerClosedError, type PeerSide } from '../errors';
+import { onAbort } from '../abort';
 
-/** Thrown by SocketReader when the peer closes or errors before the bytes asked for arrived. */
-export class PeerClosedError extends Error {
-  constructor(
-    /** Which leg went away: the app (client) or the database (server). */
-    readonly side: PeerSide,
-    cause?: unknown,
-  ) {
-    super(
-      `${side === 'client' ? 'client' : 'upstream'} closed the connection during the handshake`,
-      cause === undefined ? undefined : { cause },
-    );
-    this.name = 'PeerClosedError';
-  }
-}
-
-export type PeerSide = 'client' | 'server';
-
-/** Thrown when a handshake peer sends more unread bytes than the proxy is willing to hold. */
-export class BufferLimitError extends Error {
-  constructor(limit: number) {
-    super(`peer sent more than ${limit} bytes ahead of the handshake`);
-    this.name = 'BufferLimitError';
-  }
-}
+export { BufferLimitError, PeerClosedError, type PeerSide };
 
 /**
- * Incremental reader over a socket for handshake phases. It buffers what arrives, hands out
- * exact byte counts, and on `detach()` returns whatever was read but not consumed, so the splice
- * (or a TLS upgrade) starts with nothing lost. Only one read may be pending at a time.
+ * Bytes pushed in by a producer and read out in exact counts by one consumer: the handshake
+ * readers (over a socket, see SocketReader) and the MySQL command gate's feeds share it. Holds
+ * at most `limit` unread bytes; past that the queue fails with BufferLimitError. Only one read
+ * may be pending at a time.
  */
-export class SocketReader {
+export class ByteQueue {
   private chunks: Buffer[] = [];
-  private buffered = 0;
+  private size = 0;
   private waiter: (() => void) | undefined;
   private failure: Error | undefined;
-  private readonly onData = (chunk: Buffer): void => {
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    if (this.buffered > this.maxBuffered) this.fail(new BufferLimitError(this.maxBuffered));
-    this.wake();
-  };
-  private readonly onEnd = (): void => this.fail(new PeerClosedError(this.side));
-  private readonly onError = (err: Error): void => this.fail(new PeerClosedError(this.side, err));
 
-  /**
-   * @param socket read from until detach(); the caller keeps ownership of the socket.
-   * @param maxBuffered bytes held unread before the peer is treated as hostile.
-   * @param side who the peer is, for errors when it goes away.
-   */
-  constructor(
-    readonly socket: Duplex,
-    private readonly maxBuffered = 1 << 20,
-    private readonly side: PeerSide = 'client',
-  ) {
-    socket.on('data', this.onData);
-    socket.on('end', this.onEnd);
-    socket.on('close', this.onEnd);
-    socket.on('error', this.onError);
-  }
+  constructor(private readonly limit: number) {}
 
   /** Bytes received and not yet consumed. */
   get available(): number {
-    return this.buffered;
+    return this.size;
   }
 
-  /** True once the peer closed or errored (what is buffered can still be read). */
+  /** True once the queue has failed (what is buffered can still be read). */
   get closed(): boolean {
     return this.failure !== undefined;
+  }
+
+  push(b: Buffer): void {
+    if (b.length === 0) return;
+    this.chunks.push(b);
+    this.size += b.length;
+    if (this.size > this.limit) this.fail(new BufferLimitError(this.limit));
+    this.wake();
+  }
+
+  /** Reads that cannot be satisfied from what is buffered reject with `err` (the first one wins). */
+  fail(err: Error): void {
+    if (!this.failure) this.failure = err;
+    this.wake();
   }
 
   /** First byte available without consuming it, waiting for one if needed. */
@@ -90,35 +62,22 @@ export class SocketReader {
     const head = this.chunks[0] as Buffer;
     const out = head.subarray(0, n);
     const rest = head.subarray(n);
-    this.buffered -= n;
+    this.size -= n;
     if (rest.length > 0) this.chunks[0] = rest;
     else this.chunks.shift();
     return out;
   }
 
-  /**
-   * Stops reading: removes the listeners, pauses the socket and returns the unconsumed bytes.
-   * The socket's error listener stays until the caller attaches its own (it must).
-   */
-  detach(): Buffer {
-    this.socket.off('data', this.onData);
-    this.socket.off('end', this.onEnd);
-    this.socket.off('close', this.onEnd);
-    this.socket.off('error', this.onError);
-    this.socket.pause();
-    const rest = Buffer.concat(this.chunks);
+  /** Everything not yet read, removed from the queue. */
+  drain(): Buffer {
+    const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
     this.chunks = [];
-    this.buffered = 0;
-    return rest;
+    this.size = 0;
+    return all;
   }
 
   private coalesce(): void {
     if (this.chunks.length > 1) this.chunks = [Buffer.concat(this.chunks)];
-  }
-
-  private fail(err: Error): void {
-    if (!this.failure) this.failure = err;
-    this.wake();
   }
 
   private wake(): void {
@@ -128,9 +87,63 @@ export class SocketReader {
   }
 
   private async waitFor(n: number): Promise<void> {
-    while (this.buffered < n) {
+    while (this.size < n) {
       if (this.failure) throw this.failure;
       await new Promise<void>((resolve) => (this.waiter = resolve));
     }
   }
+}
+
+/**
+ * A ByteQueue fed by a socket, for handshake phases. On `detach()` it returns whatever was read
+ * but not consumed, so the splice (or a TLS upgrade) starts with nothing lost. A read fails with
+ * PeerClosedError when the peer ends or errors first, and with the signal's reason when the
+ * handshake is aborted.
+ */
+export class SocketReader extends ByteQueue {
+  private readonly onData = (chunk: Buffer): void => this.push(chunk);
+  private readonly onEnd = (): void => this.fail(new PeerClosedError(this.side));
+  private readonly onError = (err: Error): void => this.fail(new PeerClosedError(this.side, err));
+  private readonly stopWatching: () => void;
+
+  /**
+   * @param socket read from until detach(); the caller keeps ownership of the socket.
+   * @param maxBuffered bytes held unread before the peer is treated as hostile.
+   * @param side who the peer is, for errors when it goes away.
+   * @param signal the handshake's; aborting it fails pending and later reads with its reason.
+   */
+  constructor(
+    readonly socket: Duplex,
+    maxBuffered = 1 << 20,
+    private readonly side: PeerSide = 'client',
+    signal?: AbortSignal,
+  ) {
+    super(maxBuffered);
+    socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
+    socket.on('close', this.onEnd);
+    socket.on('error', this.onError);
+    this.stopWatching = onAbort(signal, (reason) => this.fail(asError(reason)));
+  }
+
+  /**
+   * Stops reading: removes the listeners, pauses the socket and returns the unconsumed bytes.
+   * Errors on the socket are ignored until the caller attaches its own handler (it must).
+   */
+  detach(): Buffer {
+    this.socket.off('data', this.onData);
+    this.socket.off('end', this.onEnd);
+    this.socket.off('close', this.onEnd);
+    this.socket.off('error', this.onError);
+    this.socket.on('error', ignore);
+    this.stopWatching();
+    this.socket.pause();
+    return this.drain();
+  }
+}
+
+function ignore(): void {}
+
+function asError(reason: unknown): Error {
+  return reason instanceof Error ? reason : new Error(String(reason));
 }

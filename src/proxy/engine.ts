@@ -2,7 +2,7 @@ import type net from 'node:net';
 import type tls from 'node:tls';
 import type { Listener } from '../config/schema';
 import type { TokenSource } from '../credentials/tokens';
-import type { Dialer } from '../net/dial';
+import type { Dialer, UpstreamTarget } from '../net/dial';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../log';
 import type { ProxyError } from '../errors';
@@ -49,12 +49,18 @@ export interface EngineConnection {
   /**
    * Runs the handshake. Resolves with both legs when logged in, or null when the connection was
    * a request that needs no session (a Postgres CancelRequest) and has been fully handled.
-   * On failure the engine has already sent the protocol's error to the client and closed both
-   * legs; the rejection (a ProxyError) is for logging.
+   * On failure, or when the session's signal aborts, the engine has sent the protocol's error to
+   * the client (if it can still take one) and closed both legs; the rejection is a ProxyError for
+   * logging: the signal's reason when it was aborted.
    */
   run(): Promise<HandshakeResult | null>;
-  /** Sends the protocol's error for `err` (if the client can still take one) and closes both legs. Idempotent. */
-  abort(err: ProxyError): void;
+}
+
+/** What the Session hands an engine with each accepted socket. */
+export interface HandshakeContext {
+  log: Logger;
+  /** Aborted with a ProxyError (deadline, shutdown, client gone): every step of the handshake stops. */
+  signal: AbortSignal;
 }
 
 /** What every engine needs, resolved once from its listener's config (see app.ts buildEngine). */
@@ -73,7 +79,27 @@ export interface EngineOptions {
 /** Per-listener engine: turns accepted sockets into handshakes. */
 export interface Engine {
   /** Takes ownership of `client` for the duration of the handshake. */
-  accept(client: net.Socket, log: Logger): EngineConnection;
+  accept(client: net.Socket, ctx: HandshakeContext): EngineConnection;
   /** Sends a protocol-native error on a socket before any handshake (limits, shutdown) and closes it. */
   reject(client: net.Socket, err: ProxyError): void;
 }
+
+/** An upstream connection verified up to TLS, ready for one login attempt (doctor's check). */
+export interface ProbeSession {
+  tls: tls.TLSSocket;
+  /** The database the login asks for. */
+  database: string | undefined;
+  /**
+   * Logs in with `secret`. Resolves with undefined, or with a note when the server accepted the
+   * credentials but not the database (the login itself works). Rejects with a ProxyError.
+   */
+  login(secret: string): Promise<string | undefined>;
+  close(): void;
+}
+
+/** Each engine's check of its upstream: dial, TLS, and a login on request. */
+export type UpstreamProbe = (
+  target: UpstreamTarget,
+  user: string,
+  database: string | undefined,
+) => Promise<ProbeSession>;

@@ -4,7 +4,7 @@
  * config reload, so counts survive a listener being replaced. Refusals become the protocol's
  * "too many connections" error (Postgres 53300, MySQL 1040) via Engine.reject.
  */
-import type { LimitName } from '../admin/metrics';
+import type { LimitName } from './observer';
 
 /** The `limits` section of the config. */
 export interface LimitSettings {

@@ -6,7 +6,7 @@ import { parseListen, type ListenAddress } from '../config/load';
 import type { Engine } from './engine';
 import { Session, type SessionResult } from './session';
 import { ConnectionLimits, type LoginGate } from './limits';
-import { metrics } from '../admin/metrics';
+import { noopObserver, type ProxyObserver } from './observer';
 import { ErrorCode, ProxyError } from '../errors';
 
 /** Per-listener settings from the config. */
@@ -38,7 +38,7 @@ export interface SharedLimits {
  */
 export class ProxyListener {
   private server: net.Server | undefined;
-  private readonly live = new Map<net.Socket, Session | undefined>();
+  private readonly live = new Map<net.Socket, Session>();
   private readonly idleWaiters: (() => void)[] = [];
   private readonly onServerError = (err: Error): void =>
     this.log.error({ err, listener: this.name }, 'listener error');
@@ -53,8 +53,7 @@ export class ProxyListener {
     private readonly log: Logger,
     private readonly settings: ListenerSettings,
     private readonly shared: SharedLimits = {},
-    /** Told about every finished connection. */
-    private readonly onResult: (r: SessionResult) => void = () => undefined,
+    private readonly observer: ProxyObserver = noopObserver,
   ) {
     this.bind = parseListen(listen);
     this.connectionLimits = shared.connections ?? new ConnectionLimits();
@@ -152,13 +151,10 @@ export class ProxyListener {
 
   /**
    * Ends every open connection for a shutdown: queued and handshaking clients get `err` in their
-   * protocol (Postgres 57P01); spliced sessions are closed; anything else is destroyed.
+   * protocol (Postgres 57P01); spliced sessions are closed.
    */
   closeAll(err: ProxyError = new ProxyError(ErrorCode.Shutdown, 'the proxy is shutting down')): void {
-    for (const [socket, session] of this.live) {
-      if (session) session.shutdown(err);
-      else socket.destroy();
-    }
+    for (const session of this.live.values()) session.shutdown(err);
   }
 
   private attach(server: net.Server): void {
@@ -176,7 +172,7 @@ export class ProxyListener {
   private onConnection(socket: net.Socket): void {
     const refusal = this.connectionLimits.tryOpen(this.name, this.settings.maxConnections ?? 0);
     if (refusal) {
-      metrics.connectionRefused(this.name, refusal.limit);
+      this.observer.connectionRefused(this.name, refusal.limit);
       this.log.warn(
         {
           listener: this.name,
@@ -191,12 +187,13 @@ export class ProxyListener {
       );
       return;
     }
-    metrics.connectionOpened(this.name);
+    this.observer.connectionOpened(this.name);
     const session = new Session(socket, this.engine, this.log, {
       listener: this.name,
       handshakeTimeoutMs: this.settings.handshakeTimeoutMs,
       idleTimeoutMs: this.settings.idleTimeoutMs ?? 0,
       ...(this.shared.logins ? { loginGate: this.shared.logins } : {}),
+      observer: this.observer,
     });
     this.live.set(socket, session);
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
@@ -215,8 +212,7 @@ export class ProxyListener {
       }
       this.live.delete(socket);
       this.connectionLimits.release(this.name);
-      metrics.connectionClosed(this.name, result.outcome);
-      this.onResult(result);
+      this.observer.connectionClosed(this.name, result.outcome);
       if (this.live.size === 0) this.idleWaiters.splice(0).forEach((w) => w());
     });
   }

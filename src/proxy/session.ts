@@ -1,9 +1,10 @@
 import type net from 'node:net';
 import type { Logger } from '../log';
 import { asProxyError, ErrorCode, ProxyError } from '../errors';
-import { metrics, type ConnectionOutcome } from '../admin/metrics';
-import type { Engine, EngineConnection } from './engine';
-import type { LoginGate, LoginTicket } from './limits';
+import { untilAborted } from '../abort';
+import type { Engine } from './engine';
+import type { LoginGate } from './limits';
+import type { ConnectionOutcome, ProxyObserver } from './observer';
 import { splice } from './splice';
 
 let nextId = 1;
@@ -16,9 +17,10 @@ export interface SessionOptions {
   idleTimeoutMs?: number;
   /** Rate limit on new upstream logins (limits.loginsPerSecond); absent = unlimited. */
   loginGate?: LoginGate;
+  observer: ProxyObserver;
 }
 
-/** Outcome of one connection, for logs and metrics. */
+/** Outcome of one connection, for logs and the observer. */
 export interface SessionResult {
   outcome: ConnectionOutcome;
   errorCode?: ErrorCode;
@@ -37,21 +39,19 @@ export const SessionState = {
 export type SessionState = (typeof SessionState)[keyof typeof SessionState];
 
 /**
- * The path of one connection: (a login slot), handshake (engine), then splice. The handshake has
- * a deadline; on expiry the engine sends its protocol's error. Logs one line when accepted, one
- * when logged in (with phase timings) and one when closed (bytes, duration, reason); the
- * per-connection logger carries connId, listener and remote, plus user and database once known.
- * Owns `client`.
+ * The path of one connection: (a login slot), handshake (engine), then splice. One
+ * AbortController covers the connection's life: the handshake deadline, a shutdown and the
+ * client going away abort it with their own reason (a ProxyError), which is what the client is
+ * told, what is logged and what is counted; after login only a shutdown aborts it, ending the
+ * splice. Logs one line when accepted, one when logged in (with phase timings) and one when
+ * closed (bytes, duration, reason); the per-connection logger carries connId, listener and
+ * remote, plus user and database once known. Owns `client`.
  */
 export class Session {
   state: SessionState = SessionState.Queued;
   readonly log: Logger;
   private readonly started = performance.now();
-  private conn: EngineConnection | undefined;
-  private ticket: LoginTicket | undefined;
-  /** Why the proxy itself ended the handshake (deadline, shutdown); wins over what run() reports. */
-  private abortedWith: ProxyError | undefined;
-  private readonly stopSplice = new AbortController();
+  private readonly controller = new AbortController();
 
   constructor(
     private readonly client: net.Socket,
@@ -68,59 +68,50 @@ export class Session {
 
   /**
    * Ends the session for a shutdown: a queued or handshaking client gets the protocol's error
-   * (Postgres 57P01); a spliced session is closed at once (both legs destroyed: there is no
-   * message boundary the proxy tracks to inject an error at).
+   * for `err` (Postgres 57P01); a spliced session is closed at once (both legs destroyed: there
+   * is no message boundary the proxy tracks to inject an error at).
    */
   shutdown(err: ProxyError): void {
-    switch (this.state) {
-      case SessionState.Queued:
-        this.abortedWith ??= err;
-        this.ticket?.cancel();
-        this.state = SessionState.Closed;
-        this.engine.reject(this.client, err);
-        return;
-      case SessionState.Handshaking:
-        this.abortedWith ??= err;
-        this.conn?.abort(err);
-        // If the handshake completes anyway (abort came too late), the splice ends at once.
-        this.stopSplice.abort();
-        return;
-      case SessionState.Spliced:
-        this.stopSplice.abort();
-        return;
-      case SessionState.Closed:
-        return;
-      default: {
-        const never: never = this.state;
-        throw new Error(`unknown session state ${String(never)}`);
-      }
-    }
+    if (this.state !== SessionState.Closed) this.abort(err);
   }
 
   async run(): Promise<SessionResult> {
     const { client, opts } = this;
     client.setNoDelay(true);
+    client.on('error', () => undefined); // a reset surfaces as 'close'
     this.log.info('accepted');
     const deadline = setTimeout(() => this.onDeadline(), opts.handshakeTimeoutMs);
+    const onClientGone = (): void =>
+      this.abort(new ProxyError(ErrorCode.ClientGone, 'client closed the connection during the handshake'));
+    client.once('close', onClientGone);
     try {
       if (!(await this.waitForLoginSlot())) {
-        return { outcome: 'rejected', errorCode: this.abortedWith?.code ?? ErrorCode.TooManyConnections };
+        const reason = this.controller.signal.reason as ProxyError | undefined;
+        return { outcome: 'rejected', errorCode: reason?.code ?? ErrorCode.TooManyConnections };
       }
-      return await this.handshakeAndSplice(deadline);
+      return await this.handshakeAndSplice(() => {
+        clearTimeout(deadline);
+        client.off('close', onClientGone);
+      });
     } finally {
       clearTimeout(deadline);
+      client.off('close', onClientGone);
       this.state = SessionState.Closed;
     }
   }
 
+  private abort(reason: ProxyError): void {
+    if (!this.controller.signal.aborted) this.controller.abort(reason);
+  }
+
   /** True when the handshake may start; false when the client was refused or left meanwhile. */
   private async waitForLoginSlot(): Promise<boolean> {
-    const gate = this.opts.loginGate;
+    const { loginGate: gate, observer, listener } = this.opts;
     if (!gate) return true;
     const t0 = performance.now();
     const ticket = gate.acquire();
     if (!ticket) {
-      metrics.limitRejected(this.opts.listener, 'login_queue');
+      observer.limitRejected(listener, 'login_queue');
       const err = new ProxyError(
         ErrorCode.TooManyConnections,
         `too many connections waiting to log in (limits.loginQueue ${gate.queueLimit})`,
@@ -129,38 +120,29 @@ export class Session {
         },
       );
       this.log.warn({ code: err.code, limit: 'login_queue' }, `refused: ${err.message}`);
-      this.state = SessionState.Closed;
       this.engine.reject(this.client, err);
       return false;
     }
-    if (!ticket.isGranted) {
-      this.ticket = ticket;
-      const gone = (): void => {
-        ticket.cancel();
-        this.state = SessionState.Closed;
-      };
-      this.client.on('error', () => undefined);
-      this.client.once('close', gone);
-      await Promise.race([ticket.granted, new Promise<void>((r) => this.client.once('close', r))]);
-      this.client.off('close', gone);
-      this.ticket = undefined;
-      if (!ticket.isGranted || this.state !== SessionState.Queued) {
-        this.log.info(
-          { ms: elapsed(this.started), reason: this.abortedWith?.message ?? 'client closed' },
-          'left the login queue',
-        );
-        return false;
-      }
-      metrics.loginWaited(performance.now() - t0);
+    if (ticket.isGranted) return true;
+    try {
+      await untilAborted(ticket.granted, this.controller.signal);
+    } catch (err) {
+      ticket.cancel();
+      const e = asProxyError(err);
+      this.log.info({ ms: elapsed(this.started), reason: e.message }, 'left the login queue');
+      if (e.code !== ErrorCode.ClientGone) this.engine.reject(this.client, e);
+      else this.client.destroy();
+      return false;
     }
+    observer.loginWaited(performance.now() - t0);
     return true;
   }
 
   private onDeadline(): void {
     const ms = this.opts.handshakeTimeoutMs;
     if (this.state === SessionState.Queued) {
-      metrics.limitRejected(this.opts.listener, 'login_wait');
-      this.shutdown(
+      this.opts.observer.limitRejected(this.opts.listener, 'login_wait');
+      this.abort(
         new ProxyError(
           ErrorCode.TooManyConnections,
           `no login slot within ${ms} ms (limits.loginsPerSecond)`,
@@ -171,23 +153,25 @@ export class Session {
       );
       return;
     }
-    const err = new ProxyError(ErrorCode.HandshakeTimeout, `handshake not completed within ${ms} ms`, {
-      hint: 'the client stalled, or the upstream or credentials provider is slow; see the proxy log',
-    });
-    this.abortedWith ??= err;
-    this.conn?.abort(err);
+    this.abort(
+      new ProxyError(ErrorCode.HandshakeTimeout, `handshake not completed within ${ms} ms`, {
+        hint: 'the client stalled, or the upstream or credentials provider is slow; see the proxy log',
+      }),
+    );
   }
 
-  private async handshakeAndSplice(deadline: NodeJS.Timeout): Promise<SessionResult> {
+  /** `loggedIn` is called once the handshake succeeded, before the splice starts. */
+  private async handshakeAndSplice(loggedIn: () => void): Promise<SessionResult> {
     const { client, opts, log } = this;
+    const { signal } = this.controller;
     this.state = SessionState.Handshaking;
-    const conn = (this.conn = this.engine.accept(client, log));
+    const conn = this.engine.accept(client, { log, signal });
     let result;
     try {
       result = await conn.run();
     } catch (err) {
-      const e = this.abortedWith ?? asProxyError(err);
-      this.identify();
+      const e = asProxyError(err);
+      this.identify(conn.info);
       // A client that connects and leaves (a TCP health check) is routine, not a warning.
       const level =
         e.code === ErrorCode.Internal ? 'error' : e.code === ErrorCode.ClientGone ? 'debug' : 'warn';
@@ -200,24 +184,24 @@ export class Session {
         },
         `handshake failed: ${e.message}`,
       );
-      metrics.handshakeFailed(opts.listener, e);
+      opts.observer.handshakeFailed(opts.listener, e);
       return { outcome: 'failed', errorCode: e.code };
-    } finally {
-      clearTimeout(deadline);
     }
+    loggedIn();
     if (!result) {
       log.debug({ ms: elapsed(this.started) }, 'request handled');
       return { outcome: 'handled' };
     }
     this.state = SessionState.Spliced;
-    this.identify();
+    this.identify(conn.info);
     const handshakeMs = elapsed(this.started);
     log.info({ ...withoutIdentity(conn.info), timings: conn.timings, ms: handshakeMs }, 'logged in');
-    metrics.handshakeCompleted(opts.listener, conn.timings, handshakeMs);
+    opts.observer.handshakeCompleted(opts.listener, conn.timings, handshakeMs);
     const { downstream, upstream } = result;
+    // A shutdown that raced the end of the handshake has aborted the signal: the splice ends at once.
     const end = await splice(downstream, upstream, result.downstreamLeftover, result.upstreamLeftover, {
       idleTimeoutMs: opts.idleTimeoutMs ?? 0,
-      signal: this.stopSplice.signal,
+      signal,
     });
     result.onClose?.();
     const durationMs = elapsed(this.started);
@@ -226,26 +210,15 @@ export class Session {
       { bytesFromClient: bytes.fromClient, bytesToClient: bytes.toClient, durationMs, reason: end.reason },
       'closed',
     );
-    metrics.sessionClosed(opts.listener, end.kind, bytes, durationMs);
+    opts.observer.sessionClosed(opts.listener, end.kind, bytes, durationMs);
     return { outcome: 'spliced' };
   }
 
   /** Adds user and database to this connection's log lines once the client named them. */
-  private identify(): void {
-    const info = this.conn?.info;
-    if (!info || (info.user === undefined && info.database === undefined)) return;
+  private identify(info: { user?: string; database?: string }): void {
+    if (info.user === undefined && info.database === undefined) return;
     this.log.setBindings({ user: info.user, database: info.database });
   }
-}
-
-/** Runs one connection to its end (see Session). */
-export function runSession(
-  client: net.Socket,
-  engine: Engine,
-  rootLog: Logger,
-  opts: SessionOptions,
-): Promise<SessionResult> {
-  return new Session(client, engine, rootLog, opts).run();
 }
 
 function withoutIdentity<T extends { user?: unknown; database?: unknown }>(

@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { CloseReason } from '../admin/metrics';
+import type { CloseReason } from './observer';
 
 /** How a spliced session ended. */
 export interface SpliceEnd {
@@ -23,8 +23,10 @@ export interface SpliceOptions {
  * reader pauses the fast writer instead of buffering in the proxy. Ownership of both sockets
  * passes here; both are destroyed when the promise resolves.
  *
- * This is the hot path: nothing here runs per chunk. The idle timeout is the sockets' own
- * inactivity timer (socket.setTimeout, re-armed by libuv-level activity, not by JS per chunk).
+ * This is the hot path: the splice itself adds no work per chunk (an engine's `upstream` Duplex
+ * may: the MySQL CommandGate scans client bytes for COM_CHANGE_USER). The idle timeout is the
+ * sockets' own inactivity timer (socket.setTimeout, re-armed by libuv-level activity, not by JS
+ * per chunk).
  */
 export function splice(
   downstream: Duplex,

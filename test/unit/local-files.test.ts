@@ -52,7 +52,10 @@ describe('resolveStateDir', () => {
       path: '/srv/x',
       source: 'localTls.dir',
     });
-    expect(resolveStateDir({ caFile: '/etc/y/ca.pem' }, env)).toEqual({ path: '/etc/y', source: 'localTls.caFile' });
+    expect(resolveStateDir({ caFile: '/etc/y/ca.pem' }, env)).toEqual({
+      path: '/etc/y',
+      source: 'localTls.caFile',
+    });
     expect(resolveStateDir({}, env)).toEqual({ path: '/var/lib/rds-iam-proxy', source: 'STATE_DIRECTORY' });
     expect(resolveStateDir({}, { ...env, STATE_DIRECTORY: undefined })).toEqual({
       path: '/run/rds-iam-proxy',
@@ -185,7 +188,9 @@ describe('writeOwnFile / readOwnFile', () => {
     const f = path.join(tmp, 'key.pem');
     fs.writeFileSync(f, 'k', { mode: 0o644 });
     fs.chmodSync(f, 0o644);
-    expect(thrown(() => readOwnFile(f, { secret: true })).message).toMatch(/mode 644; the proxy expects 0600/);
+    expect(thrown(() => readOwnFile(f, { secret: true })).message).toMatch(
+      /mode 644; the proxy expects 0600/,
+    );
   });
 
   (isRoot ? test : test.skip)('a file planted by another user is refused, not replaced', () => {

@@ -3,13 +3,9 @@ import { deflateSync } from 'node:zlib';
 import fc from 'fast-check';
 import { LocalUsers, makeScramble, nativeToken, sha2Token } from '../../src/engines/mysql/auth';
 import { presentedCapabilities } from '../../src/engines/mysql/downstream';
-import {
-  CommandScanner,
-  CompressedCommandScanner,
-  FeedReader,
-  GateChannel,
-} from '../../src/engines/mysql/gate';
-import { upstreamResponse } from '../../src/engines/mysql/index';
+import { CommandScanner, CompressedCommandScanner, GateChannel } from '../../src/engines/mysql/gate';
+import { ByteQueue } from '../../src/net/reader';
+import { upstreamHandshakeResponse } from '../../src/engines/mysql/upstream';
 import {
   AuthPlugin,
   buildAttributes,
@@ -46,13 +42,9 @@ const auth41 = require(path.join(path.dirname(require.resolve('mysql2')), 'lib',
   calculateToken(pw: string, s1: Buffer, s2: Buffer): Buffer;
 };
 
-/** Feeds `bytes` to a FeedReader in pieces cut at `cuts`, concurrently with `consume`. */
-async function fedSplit<T>(
-  bytes: Buffer,
-  cuts: number[],
-  consume: (r: FeedReader) => Promise<T>,
-): Promise<T> {
-  const r = new FeedReader(1 << 24);
+/** Feeds `bytes` to a ByteQueue in pieces cut at `cuts`, concurrently with `consume`. */
+async function fedSplit<T>(bytes: Buffer, cuts: number[], consume: (r: ByteQueue) => Promise<T>): Promise<T> {
+  const r = new ByteQueue(1 << 24);
   const result = consume(r);
   let at = 0;
   for (const c of [...cuts, bytes.length]) {
@@ -143,7 +135,7 @@ describe('packet framing', () => {
   });
 
   test('refuses an oversized packet before reading its payload', async () => {
-    const r = new FeedReader(1024);
+    const r = new ByteQueue(1024);
     r.push(Buffer.from([0xff, 0xff, 0x7f, 0x00]));
     await expect(readPacket(r, 1000)).rejects.toBeInstanceOf(PacketTooLarge);
   });
@@ -395,7 +387,7 @@ describe('upstream response', () => {
   };
 
   test("keeps the client's command-phase capabilities and adds what the login needs", () => {
-    const r = upstreamResponse(client, mariaGreeting, 'iam_user', 'appdb');
+    const r = upstreamHandshakeResponse(client, mariaGreeting, 'iam_user', 'appdb');
     const commandPhase =
       Cap.COMPRESS | Cap.DEPRECATE_EOF | Cap.MULTI_STATEMENTS | Cap.LONG_PASSWORD | Cap.PROTOCOL_41;
     expect(r.capabilities & commandPhase).toBe(client.capabilities & commandPhase);
@@ -419,13 +411,13 @@ describe('upstream response', () => {
   });
 
   test('CONNECT_WITH_DB follows the database actually sent', () => {
-    expect(upstreamResponse(client, mariaGreeting, 'u', undefined).capabilities & Cap.CONNECT_WITH_DB).toBe(
-      0,
-    );
+    expect(
+      upstreamHandshakeResponse(client, mariaGreeting, 'u', undefined).capabilities & Cap.CONNECT_WITH_DB,
+    ).toBe(0);
     const noDb = { ...client, capabilities: client.capabilities & ~Cap.CONNECT_WITH_DB };
-    expect(upstreamResponse(noDb, mariaGreeting, 'u', 'fixed').capabilities & Cap.CONNECT_WITH_DB).toBe(
-      Cap.CONNECT_WITH_DB,
-    );
+    expect(
+      upstreamHandshakeResponse(noDb, mariaGreeting, 'u', 'fixed').capabilities & Cap.CONNECT_WITH_DB,
+    ).toBe(Cap.CONNECT_WITH_DB);
   });
 });
 
@@ -629,7 +621,7 @@ describe('command scanner (client -> server)', () => {
 
   test('GateChannel reads the intercepted packet back and answers with the next compressed sequence id', async () => {
     const sent: Buffer[] = [];
-    const feed = new FeedReader(1 << 20);
+    const feed = new ByteQueue(1 << 20);
     feed.push(compressedFrame(0, changeUser));
     const ch = new GateChannel(feed, (b) => sent.push(b), true);
     const p = await ch.read();

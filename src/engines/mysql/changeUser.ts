@@ -13,37 +13,32 @@
  * On failure the client gets the ERR (the server's own errno and message for a refused login,
  * with the proxy's hint) and the session is closed: the client must not keep running as the
  * old user while believing the change failed cleanly, and a server may have dropped its side.
+ *
+ * CommandPhase is the engine's object for the spliced part of one session: it builds the
+ * CommandGate and answers its COM_CHANGE_USER interceptions with what it knows of the session.
  * https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_change_user.html
  */
+import type { Duplex } from 'node:stream';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import type { SessionInfo } from '../../proxy/engine';
-import { LOCAL_PLUGINS, type LocalUsers, makeScramble, nativeToken, sha2Token } from './auth';
-import { accessDenied } from './downstream';
-import type { ExchangeOutcome } from './gate';
-import { authExchange, type Credentials, type PacketIO } from './upstream';
+import { loginWithLease } from '../../proxy/handshake';
+import { verifyLocalPassword } from './downstream';
+import { CommandGate, type ExchangeOutcome } from './gate';
+import { authExchange, firstAuth, type PacketIO } from './upstream';
+import type { MysqlEngine } from './index';
 import {
-  AuthPlugin,
-  buildAuthMoreData,
-  buildAuthSwitch,
   buildChangeUser,
   buildErr,
-  Cap,
-  type ErrFields,
   type Greeting,
   MalformedPacket,
+  PacketTooLarge,
   parseChangeUser,
-  Sha2Status,
 } from './wire';
+import { BufferLimitError, PeerClosedError } from '../../errors';
 
-/** What the exchange needs to know about the session. */
-export interface ChangeUserContext {
-  mode: 'iam' | 'password';
-  /** client.auth is password: check the new user locally first. */
-  users: LocalUsers | undefined;
-  /** Fixed upstream user / database from the config, if any. */
-  fixedUser: string | undefined;
-  fixedDatabase: string | undefined;
+/** What the login settled that the command phase needs. */
+export interface CommandPhaseFacts {
   /** Capabilities the client negotiated (its COM_CHANGE_USER is laid out by them). */
   clientCaps: number;
   /** Capabilities of the upstream leg. */
@@ -56,126 +51,119 @@ export interface ChangeUserContext {
   charset: number;
   /** The client connection is TLS or a unix socket (cleartext passwords allowed). */
   secureClient: boolean;
-  credentialsFor(upstreamUser: string): Credentials;
-  /** The server refused this user's token: forget it. */
-  invalidate(upstreamUser: string): void;
-  errorFor(err: ProxyError): ErrFields;
-  info: SessionInfo;
-  log: Logger;
+  /** Both legs switched to zlib-compressed framing after the OK. */
+  compressed: boolean;
 }
 
-export async function handleChangeUser(
-  ctx: ChangeUserContext,
-  client: PacketIO,
-  server: PacketIO,
-): Promise<ExchangeOutcome> {
-  let seq = 0; // last sequence id on the client side, either direction
-  const toClient = (payload: Buffer): void => {
-    seq = (seq + 1) & 0xff;
-    client.write(seq, payload);
-  };
-  const fromClient = async (): Promise<Buffer> => {
-    const p = await client.read();
-    seq = p.seq;
-    return p.payload;
-  };
-  let upstreamUser: string | undefined;
-  try {
-    let req;
-    try {
-      req = parseChangeUser(await fromClient(), ctx.clientCaps);
-    } catch (err) {
-      if (err instanceof MalformedPacket)
-        throw new ProxyError(ErrorCode.ClientProtocol, `client sent a ${err.message}`);
-      throw err;
-    }
-    if (ctx.users)
-      await verifyLocal(ctx, ctx.users, req.user, req.authPlugin, req.authData, toClient, fromClient);
-    upstreamUser = ctx.fixedUser ?? req.user;
-    const database = ctx.fixedDatabase ?? req.database;
-    const creds = ctx.credentialsFor(upstreamUser);
-    let plugin: string = AuthPlugin.NATIVE;
-    let authData: Buffer = Buffer.alloc(0);
-    if (ctx.mode === 'password') {
-      const secret = await creds.secret();
-      if (ctx.serverGreeting.authPlugin === AuthPlugin.CACHING_SHA2) {
-        plugin = AuthPlugin.CACHING_SHA2;
-        authData = sha2Token(secret, ctx.serverGreeting.scramble);
-      } else authData = nativeToken(secret, ctx.serverGreeting.scramble);
-    }
-    server.write(
-      0,
-      buildChangeUser(
-        {
-          user: upstreamUser,
-          authData,
-          database,
-          charset: req.charset ?? ctx.charset,
-          authPlugin: plugin,
-          ...(req.attributes ? { attributes: req.attributes } : {}),
-        },
-        ctx.upstreamCaps,
-      ),
+/** The spliced part of one MySQL session: the gate over the upstream and COM_CHANGE_USER. */
+export class CommandPhase {
+  constructor(
+    private readonly engine: MysqlEngine,
+    private readonly facts: CommandPhaseFacts,
+    /** The session's; updated when the user changes. */
+    private readonly info: SessionInfo,
+    private readonly log: Logger,
+  ) {}
+
+  /** The `upstream` Duplex for the splice: the gate over the logged-in TLS socket, which it owns. */
+  gate(upstream: Duplex): CommandGate {
+    return new CommandGate(
+      upstream,
+      this.facts.compressed,
+      (client, server) => this.changeUser(client, server),
+      (err) => this.log.warn({ err: asProxyError(err).message }, 'command phase: closing the session'),
     );
-    const ok = await authExchange(server, plugin, creds);
-    toClient(ok);
-    ctx.log.info({ user: req.user, upstreamUser, database }, 'COM_CHANGE_USER: logged in as the new user');
-    ctx.info.user = req.user;
-    ctx.info.upstreamUser = upstreamUser;
-    ctx.info.database = database;
-    return 'continue';
-  } catch (err) {
-    const e = err instanceof ProxyError ? err : asUnexpected(err);
-    if (e.code === ErrorCode.UpstreamAuth && e.serverError && upstreamUser !== undefined)
-      ctx.invalidate(upstreamUser);
-    ctx.log.warn({ code: e.code, upstreamUser }, `COM_CHANGE_USER failed: ${e.message}`);
+  }
+
+  /** Runs one intercepted COM_CHANGE_USER: `client` starts with that packet. */
+  async changeUser(client: PacketIO, server: PacketIO): Promise<ExchangeOutcome> {
+    const { engine, facts } = this;
+    const l = engine.options.listener;
+    let seq = 0; // last sequence id on the client side, either direction
+    const toClient = (payload: Buffer): void => {
+      seq = (seq + 1) & 0xff;
+      client.write(seq, payload);
+    };
+    const fromClient = async (): Promise<Buffer> => {
+      const p = await client.read();
+      seq = p.seq;
+      return p.payload;
+    };
+    let upstreamUser: string | undefined;
     try {
-      toClient(buildErr(ctx.errorFor(e)));
-    } catch {
-      // the client is gone
+      const req = parseChangeUser(await fromClient(), facts.clientCaps);
+      if (engine.users) {
+        await verifyLocalPassword(
+          { send: toClient, read: fromClient },
+          { user: req.user, plugin: req.authPlugin, authData: req.authData, capabilities: facts.clientCaps },
+          engine.users,
+          facts.clientScramble,
+          facts.secureClient,
+        );
+      }
+      const newUser = (upstreamUser = l.upstream.user ?? req.user);
+      const database = l.upstream.database ?? req.database;
+      const ok = await loginWithLease(
+        engine.options.secrets,
+        engine.tokenRequest(newUser),
+        this.log,
+        async (lease) => {
+          const creds = engine.credentials(() => lease.secret);
+          const first = await firstAuth(facts.serverGreeting, creds, false);
+          server.write(
+            0,
+            buildChangeUser(
+              {
+                user: newUser,
+                authData: first.data,
+                database,
+                charset: req.charset ?? facts.charset,
+                authPlugin: first.plugin,
+                ...(req.attributes ? { attributes: req.attributes } : {}),
+              },
+              facts.upstreamCaps,
+            ),
+          );
+          return authExchange(server, first.plugin, creds);
+        },
+        false,
+      );
+      toClient(ok);
+      this.log.info(
+        { newUser: req.user, upstreamUser, newDatabase: database },
+        'COM_CHANGE_USER: logged in as the new user',
+      );
+      this.info.user = req.user;
+      this.info.upstreamUser = upstreamUser;
+      this.info.database = database;
+      return 'continue';
+    } catch (err) {
+      const e = asExchangeError(err);
+      this.log.warn({ code: e.code, upstreamUser }, `COM_CHANGE_USER failed: ${e.message}`);
+      try {
+        toClient(buildErr(engine.errorFor(e)));
+      } catch {
+        // the client is gone
+      }
+      return 'close';
     }
-    return 'close';
   }
 }
 
-/** A peer that closed mid-exchange reads as a PeerClosedError; anything else is a bug. */
-function asUnexpected(err: unknown): ProxyError {
-  if (err instanceof Error && (err.name === 'PeerClosedError' || err.name === 'BufferLimitError')) {
+/** A peer that closed mid-exchange means the connection is lost; a malformed packet is the client's. */
+function asExchangeError(err: unknown): ProxyError {
+  if (err instanceof ProxyError) return err;
+  if (err instanceof PeerClosedError || err instanceof BufferLimitError) {
     return new ProxyError(
       ErrorCode.UpstreamUnreachable,
       `connection lost during COM_CHANGE_USER: ${err.message}`,
-      { cause: err },
+      {
+        cause: err,
+      },
     );
   }
-  if (err instanceof Error && (err.name === 'MalformedPacket' || err.name === 'PacketTooLarge')) {
-    return new ProxyError(ErrorCode.ClientProtocol, `COM_CHANGE_USER exchange: ${err.message}`, {
-      cause: err,
-    });
+  if (err instanceof MalformedPacket || err instanceof PacketTooLarge) {
+    return new ProxyError(ErrorCode.ClientProtocol, `client sent a ${err.message}`, { cause: err });
   }
   return asProxyError(err);
-}
-
-async function verifyLocal(
-  ctx: ChangeUserContext,
-  users: LocalUsers,
-  user: string,
-  clientPlugin: string | undefined,
-  authData: Buffer,
-  toClient: (p: Buffer) => void,
-  fromClient: () => Promise<Buffer>,
-): Promise<void> {
-  let plugin = clientPlugin ?? AuthPlugin.NATIVE;
-  let data = authData;
-  let challenge = ctx.clientScramble;
-  if (!LOCAL_PLUGINS.includes(plugin) || (plugin === AuthPlugin.CLEAR && !ctx.secureClient)) {
-    if ((ctx.clientCaps & Cap.PLUGIN_AUTH) === 0) throw accessDenied(user, data.length > 0);
-    challenge = makeScramble();
-    toClient(buildAuthSwitch(AuthPlugin.NATIVE, Buffer.concat([challenge, Buffer.from([0])])));
-    data = await fromClient();
-    plugin = AuthPlugin.NATIVE;
-  }
-  if (!users.verify(user, plugin, data, challenge, ctx.secureClient))
-    throw accessDenied(user, data.length > 0);
-  if (plugin === AuthPlugin.CACHING_SHA2)
-    toClient(buildAuthMoreData(Buffer.from([Sha2Status.FAST_AUTH_SUCCESS])));
 }

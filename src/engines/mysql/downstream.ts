@@ -43,8 +43,6 @@ export const ClientState = {
   Upgrading: 'upgrading',
   /** The client waits for the outcome of the login. */
   Waiting: 'waiting',
-  /** OK relayed; the leg belongs to the splice. */
-  Done: 'done',
 } as const;
 export type ClientState = (typeof ClientState)[keyof typeof ClientState];
 
@@ -59,9 +57,13 @@ export class ClientLeg {
   /** False until the client's first packet shows CLIENT_PROTOCOL_41 (errors then carry no SQLSTATE marker). */
   speaks41: boolean | undefined;
 
-  constructor(readonly raw: net.Socket) {
+  constructor(
+    readonly raw: net.Socket,
+    /** The handshake's: aborting it fails pending reads with its reason. */
+    readonly signal?: AbortSignal,
+  ) {
     this.socket = raw;
-    this.reader = new SocketReader(raw, MAX_HANDSHAKE_PACKET * 2);
+    this.reader = new SocketReader(raw, MAX_HANDSHAKE_PACKET * 2, 'client', signal);
   }
 
   send(payload: Buffer): void {
@@ -159,9 +161,9 @@ export async function readClientResponse(
     }
     leg.state = ClientState.Upgrading;
     // The ClientHello follows the SSLRequest without waiting for an answer: hand over what was read.
-    const s = await acceptTls(leg.raw, secureContext, leg.reader.detach());
+    const s = await acceptTls(leg.raw, secureContext, leg.reader.detach(), undefined, leg.signal);
     leg.socket = s;
-    leg.reader = new SocketReader(s, MAX_HANDSHAKE_PACKET * 2);
+    leg.reader = new SocketReader(s, MAX_HANDSHAKE_PACKET * 2, 'client', leg.signal);
     leg.tls = true;
     leg.state = ClientState.Greeted;
     p = await leg.read();
@@ -181,32 +183,63 @@ function asClientError<T>(parse: () => T): T {
   }
 }
 
+/** The client side of a local password check: at login (the ClientLeg) or in COM_CHANGE_USER. */
+export interface LocalAuthIO {
+  /** Sends a packet to the client with the next sequence id. */
+  send(payload: Buffer): void;
+  /** The payload of the client's next packet. */
+  read(): Promise<Buffer>;
+}
+
+/** What the client offered for a local password check. */
+export interface LocalAuthAttempt {
+  user: string;
+  /** The plugin the client answered with; absent means mysql_native_password. */
+  plugin: string | undefined;
+  authData: Buffer;
+  /** The client's capabilities (an AuthSwitchRequest needs CLIENT_PLUGIN_AUTH). */
+  capabilities: number;
+}
+
 /**
- * Checks a local client's password (client.auth: password). Accepts mysql_native_password and
- * caching_sha2_password (fast path) against the greeting's scramble, and mysql_clear_password
- * over TLS or a unix socket; any other plugin is switched to mysql_native_password with a fresh
- * scramble. Failure is ER_ACCESS_DENIED_ERROR (1045).
+ * Checks a local client's password (client.auth: password), at login and for COM_CHANGE_USER.
+ * Accepts mysql_native_password and caching_sha2_password (fast path) against `scramble`, and
+ * mysql_clear_password over TLS or a unix socket (`secure`); any other plugin is switched to
+ * mysql_native_password with a fresh scramble. Failure is ER_ACCESS_DENIED_ERROR (1045).
  */
-export async function authenticateClient(
+export async function verifyLocalPassword(
+  io: LocalAuthIO,
+  a: LocalAuthAttempt,
+  users: LocalUsers,
+  scramble: Buffer,
+  secure: boolean,
+): Promise<void> {
+  let plugin = a.plugin ?? AuthPlugin.NATIVE;
+  let data = a.authData;
+  let challenge = scramble;
+  if (!LOCAL_PLUGINS.includes(plugin) || (plugin === AuthPlugin.CLEAR && !secure)) {
+    if ((a.capabilities & Cap.PLUGIN_AUTH) === 0) throw accessDenied(a.user, data.length > 0);
+    challenge = makeScramble();
+    io.send(buildAuthSwitch(AuthPlugin.NATIVE, Buffer.concat([challenge, Buffer.from([0])])));
+    data = await io.read();
+    plugin = AuthPlugin.NATIVE;
+  }
+  if (!users.verify(a.user, plugin, data, challenge, secure)) throw accessDenied(a.user, data.length > 0);
+  if (plugin === AuthPlugin.CACHING_SHA2)
+    io.send(buildAuthMoreData(Buffer.from([Sha2Status.FAST_AUTH_SUCCESS])));
+}
+
+/** The login's local password check over the client leg. */
+export function authenticateClient(
   leg: ClientLeg,
   r: HandshakeResponse,
   users: LocalUsers,
   scramble: Buffer,
   secure: boolean,
 ): Promise<void> {
-  let plugin = r.authPlugin ?? AuthPlugin.NATIVE;
-  let data = r.authData;
-  let challenge = scramble;
-  if (!LOCAL_PLUGINS.includes(plugin) || (plugin === AuthPlugin.CLEAR && !secure)) {
-    if ((r.capabilities & Cap.PLUGIN_AUTH) === 0) throw accessDenied(r.user, data.length > 0);
-    challenge = makeScramble();
-    leg.send(buildAuthSwitch(AuthPlugin.NATIVE, Buffer.concat([challenge, Buffer.from([0])])));
-    data = (await leg.read()).payload;
-    plugin = AuthPlugin.NATIVE;
-  }
-  if (!users.verify(r.user, plugin, data, challenge, secure)) throw accessDenied(r.user, data.length > 0);
-  if (plugin === AuthPlugin.CACHING_SHA2)
-    leg.send(buildAuthMoreData(Buffer.from([Sha2Status.FAST_AUTH_SUCCESS])));
+  const io: LocalAuthIO = { send: (p) => leg.send(p), read: async () => (await leg.read()).payload };
+  const attempt = { user: r.user, plugin: r.authPlugin, authData: r.authData, capabilities: r.capabilities };
+  return verifyLocalPassword(io, attempt, users, scramble, secure);
 }
 
 /** ER_ACCESS_DENIED_ERROR as the server words it, naming the proxy's user list. */

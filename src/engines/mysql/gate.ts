@@ -21,7 +21,7 @@
  * https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_basic_compression.html
  */
 import { Duplex } from 'node:stream';
-import { BufferLimitError, PeerClosedError } from '../../net/reader';
+import { ByteQueue, PeerClosedError } from '../../net/reader';
 import type { PacketIO } from './upstream';
 import {
   type ByteSource,
@@ -149,58 +149,6 @@ export class CompressedCommandScanner {
   }
 }
 
-/** A byte source fed by hand (the gate's two directions during an exchange). */
-export class FeedReader implements ByteSource {
-  private chunks: Buffer[] = [];
-  private size = 0;
-  private waiter: (() => void) | undefined;
-  private failure: Error | undefined;
-
-  constructor(private readonly limit: number) {}
-
-  push(b: Buffer): void {
-    if (b.length === 0) return;
-    this.chunks.push(b);
-    this.size += b.length;
-    if (this.size > this.limit) this.fail(new BufferLimitError(this.limit));
-    this.wake();
-  }
-
-  fail(err: Error): void {
-    if (!this.failure) this.failure = err;
-    this.wake();
-  }
-
-  async read(n: number): Promise<Buffer> {
-    while (this.size < n) {
-      if (this.failure) throw this.failure;
-      await new Promise<void>((resolve) => (this.waiter = resolve));
-    }
-    if (this.chunks.length > 1) this.chunks = [Buffer.concat(this.chunks)];
-    const head = this.chunks[0] as Buffer;
-    const out = head.subarray(0, n);
-    const rest = head.subarray(n);
-    this.size -= n;
-    if (rest.length > 0) this.chunks[0] = rest;
-    else this.chunks.shift();
-    return out;
-  }
-
-  /** Everything not yet read. */
-  drain(): Buffer {
-    const all = Buffer.concat(this.chunks);
-    this.chunks = [];
-    this.size = 0;
-    return all;
-  }
-
-  private wake(): void {
-    const w = this.waiter;
-    this.waiter = undefined;
-    w?.();
-  }
-}
-
 /** Packet I/O over one direction pair of the gate, with or without compressed framing. */
 export class GateChannel implements PacketIO {
   /** Inflated bytes not yet consumed (compressed mode). */
@@ -210,7 +158,7 @@ export class GateChannel implements PacketIO {
   private readonly plainSource: ByteSource = { read: (n) => this.readPlain(n) };
 
   constructor(
-    private readonly feed: FeedReader,
+    private readonly feed: ByteQueue,
     private readonly sink: (b: Buffer) => void,
     private readonly compressed: boolean,
   ) {}
@@ -270,8 +218,8 @@ const EXCHANGE_BUFFER_LIMIT = 4 * MAX_HANDSHAKE_PACKET;
 export class CommandGate extends Duplex {
   private mode: GateMode = GateMode.Pass;
   private readonly scanner: CommandScanner | CompressedCommandScanner;
-  private clientFeed: FeedReader | undefined;
-  private serverFeed: FeedReader | undefined;
+  private clientFeed: ByteQueue | undefined;
+  private serverFeed: ByteQueue | undefined;
 
   private readonly onUpData = (chunk: Buffer): void => {
     if (this.mode === GateMode.Exchange) this.serverFeed?.push(chunk);
@@ -355,8 +303,8 @@ export class CommandGate extends Duplex {
 
   private beginExchange(first: Buffer): void {
     this.mode = GateMode.Exchange;
-    const clientFeed = (this.clientFeed = new FeedReader(EXCHANGE_BUFFER_LIMIT));
-    const serverFeed = (this.serverFeed = new FeedReader(EXCHANGE_BUFFER_LIMIT));
+    const clientFeed = (this.clientFeed = new ByteQueue(EXCHANGE_BUFFER_LIMIT));
+    const serverFeed = (this.serverFeed = new ByteQueue(EXCHANGE_BUFFER_LIMIT));
     clientFeed.push(Buffer.from(first));
     this.up.resume();
     const client = new GateChannel(clientFeed, (b) => this.push(b), this.compressed);

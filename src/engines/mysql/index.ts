@@ -17,40 +17,35 @@
  */
 import type net from 'node:net';
 import type tls from 'node:tls';
-import type { Duplex } from 'node:stream';
 import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
 import { refusedLoginHint } from '../../credentials/hints';
-import { asProxyError, ErrorCode, ProxyError } from '../../errors';
-import type { Logger } from '../../log';
+import { ErrorCode, ProxyError } from '../../errors';
 import { upstreamTargetFor } from '../../net/dial';
 import type {
   Engine,
-  EngineConnection,
   EngineOptions,
+  HandshakeContext,
   HandshakeResult,
-  PhaseTimings,
-  SessionInfo,
+  UpstreamProbe,
 } from '../../proxy/engine';
+import { EngineHandshake, elapsedMs, endWith } from '../../proxy/handshake';
 import { LocalUsers, makeScramble } from './auth';
-import { handleChangeUser } from './changeUser';
+import { CommandPhase } from './changeUser';
 import { authenticateClient, ClientLeg, ClientState, clientGreeting, readClientResponse } from './downstream';
-import { CommandGate } from './gate';
 import {
   type Credentials,
   login,
+  type OpenUpstream,
   openUpstream,
   startTls,
-  UPSTREAM_REQUIRED_CAPS,
-  type ServerLeg,
   type UpstreamTarget,
+  upstreamHandshakeResponse,
 } from './upstream';
 import {
-  AuthPlugin,
   buildErr,
   Cap,
   ErrNo,
   type ErrFields,
-  type Greeting,
   type HandshakeResponse,
   packet,
   parseAttributes,
@@ -96,12 +91,13 @@ export type MysqlEngineOptions = EngineOptions;
 /** The MySQL engine for one listener. */
 export class MysqlEngine implements Engine {
   readonly target: UpstreamTarget;
+  /** Set when client.auth is password. */
   readonly users: LocalUsers | undefined;
 
-  constructor(readonly o: MysqlEngineOptions) {
-    const l = o.listener;
-    this.target = upstreamTargetFor(l, o.dialer, o.upstreamCa);
-    this.users = l.client.auth === 'password' ? new LocalUsers(o.localUsers) : undefined;
+  constructor(readonly options: MysqlEngineOptions) {
+    const l = options.listener;
+    this.target = upstreamTargetFor(l, options.dialer, options.upstreamCa);
+    this.users = l.client.auth === 'password' ? new LocalUsers(options.localUsers) : undefined;
     if (l.auth.mode === 'dsql') {
       throw new ProxyError(
         ErrorCode.Config,
@@ -110,13 +106,8 @@ export class MysqlEngine implements Engine {
     }
   }
 
-  /** iam or password: how the upstream login answers (dsql is refused in the constructor). */
-  get mode(): 'iam' | 'password' {
-    return this.o.listener.auth.mode === 'password' ? 'password' : 'iam';
-  }
-
-  accept(client: net.Socket, log: Logger): EngineConnection {
-    return new MysqlConnection(this, client, log);
+  accept(client: net.Socket, ctx: HandshakeContext): MysqlHandshake {
+    return new MysqlHandshake(this, client, ctx);
   }
 
   reject(client: net.Socket, err: ProxyError): void {
@@ -136,7 +127,7 @@ export class MysqlEngine implements Engine {
     if (se?.errno !== undefined) {
       const message =
         err.code === ErrorCode.UpstreamAuth
-          ? `${se.message} [rds-iam-proxy: ${refusedLoginHint(this.o.listener)}]`
+          ? `${se.message} [rds-iam-proxy: ${refusedLoginHint(this.options.listener)}]`
           : se.message;
       return { errno: se.errno, sqlState: se.sqlState ?? own.sqlState, message };
     }
@@ -148,93 +139,101 @@ export class MysqlEngine implements Engine {
   }
 
   tokenRequest(user: string): TokenRequest {
-    return tokenRequestFor(this.o.listener, user);
+    return tokenRequestFor(this.options.listener, user);
   }
 
-  credentials(user: string, secret?: Promise<string>): Credentials {
-    const source = this.o.secrets;
-    const req = this.tokenRequest(user);
-    let p = secret;
-    return {
-      mode: this.mode,
-      host: this.target.dial.host,
-      secret: () => (p ??= source.getToken(req)),
-    };
+  /** How the upstream login answers the server, with `secret` called only when it asks. */
+  credentials(secret: () => Promise<string>): Credentials {
+    // dsql is refused in the constructor: the mode is iam or password.
+    const mode = this.options.listener.auth.mode === 'password' ? 'password' : 'iam';
+    return { mode, host: this.target.dial.host, secret };
   }
 }
 
-/**
- * The HandshakeResponse41 sent upstream: the client's capabilities (so the command phase is
- * framed the same on both legs) plus what the login needs, its MariaDB extended capabilities,
- * charset, max packet size and attributes; the mapped user and database.
- */
-export function upstreamResponse(
-  client: HandshakeResponse,
-  server: Greeting,
-  user: string,
-  database: string | undefined,
-): HandshakeResponse {
-  let caps =
-    (client.capabilities & ~(Cap.ZSTD_COMPRESSION_ALGORITHM | Cap.MULTI_FACTOR_AUTHENTICATION)) |
-    UPSTREAM_REQUIRED_CAPS;
-  if (server.capabilities & Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA) caps |= Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA;
-  else caps &= ~Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA;
-  if (database) caps |= Cap.CONNECT_WITH_DB;
-  else caps &= ~Cap.CONNECT_WITH_DB;
-  if ((server.capabilities & Cap.CONNECT_ATTRS) === 0) caps &= ~Cap.CONNECT_ATTRS;
-  return {
-    capabilities: caps >>> 0,
-    mariadbCapabilities: client.mariadbCapabilities,
-    maxPacketSize: client.maxPacketSize,
-    charset: client.charset,
-    user,
-    authData: Buffer.alloc(0),
-    authPlugin: AuthPlugin.CLEAR,
-    ...(database ? { database } : {}),
-    ...(client.attributes ? { attributes: client.attributes } : {}),
-  };
+/** A logged-in upstream and what the login settled. */
+interface UpstreamLogin {
+  up: OpenUpstream;
+  response: HandshakeResponse;
+  socket: tls.TLSSocket;
+  /** The server's OK, relayed to the client. */
+  ok: Buffer;
 }
 
-class MysqlConnection implements EngineConnection {
-  readonly info: SessionInfo = {};
-  readonly timings: PhaseTimings = {};
+/** One client's handshake; see the module comment for the order of steps. */
+class MysqlHandshake extends EngineHandshake {
   private readonly leg: ClientLeg;
-  private up: ServerLeg | undefined;
-  private finished = false;
 
   constructor(
     private readonly engine: MysqlEngine,
-    private readonly client: net.Socket,
-    private readonly log: Logger,
+    client: net.Socket,
+    ctx: HandshakeContext,
   ) {
-    client.on('error', () => undefined); // errors surface as read failures
-    this.leg = new ClientLeg(client);
+    super(client, ctx);
+    this.leg = new ClientLeg(client, ctx.signal);
   }
 
-  async run(): Promise<HandshakeResult> {
-    try {
-      return await this.handshake();
-    } catch (err) {
-      const e = asProxyError(err);
-      this.abort(e);
-      throw e;
-    }
-  }
-
-  private async handshake(): Promise<HandshakeResult> {
+  protected async handshake(): Promise<HandshakeResult> {
     const e = this.engine;
-    const l = e.o.listener;
+    const l = e.options.listener;
     const t0 = performance.now();
-    let up = await openUpstream(e.target, this.timings);
-    this.up = up.leg;
-    this.checkAborted();
-
+    const up = await this.openUpstream();
     const scramble = makeScramble();
-    const t1 = performance.now();
+    const client = await this.readClient(up.greeting, scramble);
+    const upstreamUser = l.upstream.user ?? client.response.user;
+    this.info.upstreamUser = upstreamUser;
+    const database = l.upstream.database ?? client.response.database;
+    const login = await this.loginUpstream(up, client.response, upstreamUser, database);
+    if (this.leg.reader.closed)
+      throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
+    this.leg.send(login.ok);
+
+    const compressed = (login.response.capabilities & Cap.COMPRESS) !== 0;
+    const phase = new CommandPhase(
+      e,
+      {
+        clientCaps: client.response.capabilities,
+        upstreamCaps: login.response.capabilities,
+        clientScramble: scramble,
+        serverGreeting: login.up.greeting,
+        charset: client.response.charset,
+        secureClient: client.secure,
+        compressed,
+      },
+      this.info,
+      this.log,
+    );
+    const upstreamLeftover = login.up.leg.reader.detach();
+    this.log.debug({ ms: elapsedMs(t0), compressed }, 'mysql handshake complete');
+    return {
+      downstream: this.leg.socket,
+      upstream: phase.gate(login.socket),
+      downstreamLeftover: this.leg.reader.detach(),
+      upstreamLeftover,
+    };
+  }
+
+  /** Dials and reads the server's greeting (first: the client must see the real server). */
+  private async openUpstream(): Promise<OpenUpstream> {
+    const up = await openUpstream(this.engine.target, this.timings, this.signal);
+    this.own(up.leg);
+    return up;
+  }
+
+  /**
+   * Greets the client with the server's mirrored greeting and the proxy's scramble, reads its
+   * HandshakeResponse41 (after local TLS if asked) and checks its local password.
+   */
+  private async readClient(
+    server: OpenUpstream['greeting'],
+    scramble: Buffer,
+  ): Promise<{ response: HandshakeResponse; secure: boolean }> {
+    const e = this.engine;
+    const t0 = performance.now();
+    const secureContext = e.options.secureContext;
     const response = await readClientResponse(
       this.leg,
-      clientGreeting(up.greeting, scramble, e.o.secureContext !== undefined),
-      e.o.secureContext,
+      clientGreeting(server, scramble, secureContext !== undefined),
+      secureContext,
     );
     const attrs = safeAttributes(response.attributes);
     this.info.user = response.user;
@@ -263,113 +262,39 @@ class MysqlConnection implements EngineConnection {
     const secure = this.leg.tls || this.client.remoteAddress === undefined;
     if (e.users) await authenticateClient(this.leg, response, e.users, scramble, secure);
     this.leg.state = ClientState.Waiting;
-    this.timings.downstreamMs = ms(t1);
+    this.timings.downstreamMs = elapsedMs(t0);
+    return { response, secure };
+  }
 
-    const upstreamUser = l.upstream.user ?? response.user;
-    this.info.upstreamUser = upstreamUser;
-    const database = l.upstream.database ?? response.database;
-    const req = e.tokenRequest(upstreamUser);
-    let upResponse: HandshakeResponse;
-    let tlsSocket: tls.TLSSocket;
-    let ok: Buffer;
-    for (let attempt = 1; ; attempt++) {
-      const started = Date.now();
-      upResponse = upstreamResponse(response, up.greeting, upstreamUser, database);
-      const secret = e.o.secrets.getToken(req);
-      secret.catch(() => undefined); // awaited after TLS; a failure then is reported there
-      tlsSocket = await startTls(up, upResponse, e.target, this.timings);
-      this.checkAborted();
-      this.info.tlsCipher = tlsSocket.getCipher()?.name;
+  /**
+   * SSLRequest, verify-full TLS and the login with the token. A refused cached token is retried
+   * once on a fresh upstream connection (the server closes one that failed a login).
+   */
+  private async loginUpstream(
+    opened: OpenUpstream,
+    client: HandshakeResponse,
+    user: string,
+    database: string | undefined,
+  ): Promise<UpstreamLogin> {
+    const e = this.engine;
+    let next: OpenUpstream | undefined = opened;
+    return this.withLease(e.options.secrets, e.tokenRequest(user), async (lease) => {
+      const up = next ?? (await this.openUpstream());
+      next = undefined;
+      const response = upstreamHandshakeResponse(client, up.greeting, user, database);
       try {
-        ok = await login(up, upResponse, e.credentials(upstreamUser, secret), this.timings);
-        break;
+        const socket = await startTls(up, response, e.target, this.timings, this.signal);
+        this.info.tlsCipher = socket.getCipher()?.name;
+        const ok = await login(up, response, e.credentials(this.secretOf(lease)), this.timings);
+        return { up, response, socket, ok };
       } catch (err) {
-        // A refused token that came from the cache (revoked or rotated credentials): refresh the
-        // credentials, mint anew and log in once more on a fresh upstream connection.
-        const minted = e.o.secrets.mintedAt?.(req);
-        if (
-          attempt > 1 ||
-          minted === undefined ||
-          minted >= started ||
-          !(err instanceof ProxyError) ||
-          err.code !== ErrorCode.UpstreamAuth
-        )
-          throw err;
-        e.o.secrets.invalidate(req);
-        this.log.info(
-          { errno: err.serverError?.errno },
-          'upstream refused a cached token; retrying once with fresh credentials',
-        );
-        up.leg.destroy();
-        up = await openUpstream(e.target, this.timings);
-        this.up = up.leg;
+        this.disown(up.leg);
+        throw err;
       }
-    }
-    if (this.leg.reader.closed)
-      throw new ProxyError(ErrorCode.ClientProtocol, 'client went away during the upstream login');
-    this.checkAborted();
-    this.leg.send(ok);
-    this.leg.state = ClientState.Done;
-    this.finished = true;
-
-    const compressed = (upResponse.capabilities & Cap.COMPRESS) !== 0;
-    const upstreamLeftover = up.leg.reader.detach();
-    const gate = new CommandGate(
-      tlsSocket,
-      compressed,
-      (client, server) =>
-        handleChangeUser(
-          {
-            mode: e.mode,
-            users: e.users,
-            fixedUser: l.upstream.user,
-            fixedDatabase: l.upstream.database,
-            clientCaps: response.capabilities,
-            upstreamCaps: upResponse.capabilities,
-            clientScramble: scramble,
-            serverGreeting: up.greeting,
-            charset: response.charset,
-            secureClient: secure,
-            credentialsFor: (user) => e.credentials(user),
-            invalidate: (user) => e.o.secrets.invalidate(e.tokenRequest(user)),
-            errorFor: (err) => e.errorFor(err),
-            info: this.info,
-            log: this.log,
-          },
-          client,
-          server,
-        ),
-      (err) => this.log.warn({ err: asProxyError(err).message }, 'command phase: closing the session'),
-    );
-    this.log.debug({ ms: ms(t0), compressed }, 'mysql handshake complete');
-    return {
-      downstream: this.leg.socket,
-      upstream: gate,
-      downstreamLeftover: this.leg.reader.detach(),
-      upstreamLeftover,
-    };
+    });
   }
 
-  /** After each await: if abort() ran meanwhile, release what was opened since and stop. */
-  private checkAborted(): void {
-    if (!this.finished) return;
-    if (this.up) {
-      this.up.reader.detach();
-      this.up.destroy();
-    }
-    throw new ProxyError(ErrorCode.HandshakeTimeout, 'aborted');
-  }
-
-  abort(err: ProxyError): void {
-    if (this.finished) return;
-    this.finished = true;
-    if (this.up) {
-      this.up.reader.detach();
-      this.up.destroy();
-    }
-    if (err.code === ErrorCode.UpstreamAuth && err.serverError && this.info.upstreamUser) {
-      this.engine.o.secrets.invalidate(this.engine.tokenRequest(this.info.upstreamUser));
-    }
+  protected sendError(err: ProxyError): void {
     const leg = this.leg;
     if (leg.state === ClientState.Upgrading) {
       // Mid-TLS-handshake: a plaintext packet would be garbage to the client.
@@ -392,16 +317,42 @@ function safeAttributes(b: Buffer | undefined): Map<string, string> {
   }
 }
 
-/** Writes a last packet and closes; destroys if the peer does not read it within a second. */
-function endWith(s: Duplex, last: Buffer): void {
-  if (s.destroyed || !s.writable) {
-    s.destroy();
-    return;
-  }
-  s.end(last);
-  setTimeout(() => s.destroy(), 1000).unref();
-}
+/** utf8mb4_general_ci: the charset a probe login asks for. */
+const PROBE_CHARSET = 45;
 
-function ms(t0: number): number {
-  return Math.round((performance.now() - t0) * 100) / 100;
-}
+/** doctor's check of a MySQL upstream: greeting, SSLRequest, TLS, then a plain 4.1 login. */
+export const probeUpstream: UpstreamProbe = async (target, user, database) => {
+  const up = await openUpstream(target);
+  const client: HandshakeResponse = {
+    capabilities:
+      Cap.LONG_PASSWORD |
+      Cap.PROTOCOL_41 |
+      Cap.SECURE_CONNECTION |
+      Cap.PLUGIN_AUTH |
+      Cap.TRANSACTIONS |
+      Cap.MULTI_RESULTS,
+    mariadbCapabilities: 0,
+    maxPacketSize: 16 * 1024 * 1024,
+    charset: PROBE_CHARSET,
+    user,
+    authData: Buffer.alloc(0),
+  };
+  const response = upstreamHandshakeResponse(client, up.greeting, user, database);
+  const s = await startTls(up, response, target);
+  return {
+    tls: s,
+    database,
+    async login(secret) {
+      const creds: Credentials = { mode: 'iam', secret: async () => secret, host: target.dial.host };
+      try {
+        await login(up, response, creds);
+        return undefined;
+      } catch (err) {
+        const e = err instanceof ProxyError ? err : undefined;
+        if (e?.serverError?.errno !== ErrNo.BAD_DB) throw err;
+        return `${e.message} (errno ${ErrNo.BAD_DB})`;
+      }
+    },
+    close: () => up.leg.destroy(),
+  };
+};

@@ -10,6 +10,7 @@ import { upstreamTls, type UpstreamTarget } from '../../net/dial';
 import { BufferLimitError, PeerClosedError, SocketReader } from '../../net/reader';
 import { ErrorCode, ProxyError } from '../../errors';
 import type { PhaseTimings } from '../../proxy/engine';
+import { elapsedMs } from '../../proxy/handshake';
 import { nativeToken, sha2Token } from './auth';
 import {
   AuthPlugin,
@@ -38,6 +39,38 @@ export type { UpstreamTarget };
 /** Capabilities the upstream login needs whatever the client negotiated. */
 export const UPSTREAM_REQUIRED_CAPS = Cap.PROTOCOL_41 | Cap.SECURE_CONNECTION | Cap.PLUGIN_AUTH | Cap.SSL;
 
+/**
+ * The HandshakeResponse41 sent upstream: the client's capabilities (so the command phase is
+ * framed the same on both legs) plus what the login needs, its MariaDB extended capabilities,
+ * charset, max packet size and attributes; the mapped user and database.
+ */
+export function upstreamHandshakeResponse(
+  client: HandshakeResponse,
+  server: Greeting,
+  user: string,
+  database: string | undefined,
+): HandshakeResponse {
+  let caps =
+    (client.capabilities & ~(Cap.ZSTD_COMPRESSION_ALGORITHM | Cap.MULTI_FACTOR_AUTHENTICATION)) |
+    UPSTREAM_REQUIRED_CAPS;
+  if (server.capabilities & Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA) caps |= Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA;
+  else caps &= ~Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA;
+  if (database) caps |= Cap.CONNECT_WITH_DB;
+  else caps &= ~Cap.CONNECT_WITH_DB;
+  if ((server.capabilities & Cap.CONNECT_ATTRS) === 0) caps &= ~Cap.CONNECT_ATTRS;
+  return {
+    capabilities: caps >>> 0,
+    mariadbCapabilities: client.mariadbCapabilities,
+    maxPacketSize: client.maxPacketSize,
+    charset: client.charset,
+    user,
+    authData: Buffer.alloc(0),
+    authPlugin: AuthPlugin.CLEAR,
+    ...(database ? { database } : {}),
+    ...(client.attributes ? { attributes: client.attributes } : {}),
+  };
+}
+
 /** Packet I/O with sequence ids, over a socket or the command-phase gate. */
 export interface PacketIO {
   read(): Promise<Packet>;
@@ -52,9 +85,11 @@ export class ServerLeg implements PacketIO {
   constructor(
     readonly raw: net.Socket,
     private readonly host: string,
+    /** The handshake's: aborting it fails pending reads with its reason. */
+    private readonly signal?: AbortSignal,
   ) {
     this.socket = raw;
-    this.reader = new SocketReader(raw, MAX_HANDSHAKE_PACKET * 2, 'server');
+    this.reader = new SocketReader(raw, MAX_HANDSHAKE_PACKET * 2, 'server', signal);
   }
 
   async read(): Promise<Packet> {
@@ -88,10 +123,12 @@ export class ServerLeg implements PacketIO {
   /** Switches to the verified TLS socket; the old reader must already be detached. */
   useTls(s: tls.TLSSocket): void {
     this.socket = s;
-    this.reader = new SocketReader(s, MAX_HANDSHAKE_PACKET * 2, 'server');
+    this.reader = new SocketReader(s, MAX_HANDSHAKE_PACKET * 2, 'server', this.signal);
   }
 
+  /** Stops reading and closes both the TLS and the raw socket. */
   destroy(): void {
+    this.reader.detach();
     this.socket.destroy();
     this.raw.destroy();
   }
@@ -106,14 +143,19 @@ export interface OpenUpstream {
 /**
  * Dials and reads the server's greeting. A server ERR instead of a greeting (too many
  * connections, host blocked) is raised with the server's errno and message. The greeting must
- * offer 4.1 auth with plugins and TLS: IAM authentication is refused without TLS.
+ * offer 4.1 auth with plugins and TLS: IAM authentication is refused without TLS. Aborting
+ * `signal` at any step closes the connection and rejects with the signal's reason.
  */
-export async function openUpstream(t: UpstreamTarget, timings?: PhaseTimings): Promise<OpenUpstream> {
+export async function openUpstream(
+  t: UpstreamTarget,
+  timings?: PhaseTimings,
+  signal?: AbortSignal,
+): Promise<OpenUpstream> {
   const t0 = performance.now();
-  const raw = await t.dialer.dial(t.dial);
-  if (timings) timings.upstreamConnectMs = ms(t0);
+  const raw = await t.dialer.dial(t.dial, signal);
+  if (timings) timings.upstreamConnectMs = elapsedMs(t0);
   const host = t.dial.host;
-  const leg = new ServerLeg(raw, host);
+  const leg = new ServerLeg(raw, host, signal);
   try {
     const first = await leg.read();
     if (first.payload[0] === Header.ERR) {
@@ -163,7 +205,6 @@ export async function openUpstream(t: UpstreamTarget, timings?: PhaseTimings): P
     }
     return { leg, greeting };
   } catch (err) {
-    leg.reader.detach();
     leg.destroy();
     throw err;
   }
@@ -172,13 +213,14 @@ export async function openUpstream(t: UpstreamTarget, timings?: PhaseTimings): P
 /**
  * SSLRequest (the first 32 bytes of `response`, which the server keeps as the session's
  * capabilities) and verify-full TLS. MySQL sends no answer to an SSLRequest; any byte from the
- * server before TLS is refused.
+ * server before TLS is refused. On failure the connection is closed.
  */
 export async function startTls(
   up: OpenUpstream,
   response: HandshakeResponse,
   t: UpstreamTarget,
   timings?: PhaseTimings,
+  signal?: AbortSignal,
 ): Promise<tls.TLSSocket> {
   const t0 = performance.now();
   const { leg } = up;
@@ -192,7 +234,6 @@ export async function startTls(
     ),
   );
   if (leg.reader.available > 0 || leg.reader.closed) {
-    leg.reader.detach();
     leg.destroy();
     throw new ProxyError(
       ErrorCode.UpstreamProtocol,
@@ -202,13 +243,13 @@ export async function startTls(
   leg.reader.detach();
   let s: tls.TLSSocket;
   try {
-    s = await upstreamTls(leg.raw, t.tls);
+    s = await upstreamTls(leg.raw, t.tls, signal);
   } catch (err) {
     leg.destroy();
     throw err;
   }
   leg.useTls(s);
-  if (timings) timings.upstreamTlsMs = ms(t0);
+  if (timings) timings.upstreamTlsMs = elapsedMs(t0);
   return s;
 }
 
@@ -221,19 +262,24 @@ export interface Credentials {
   host: string;
 }
 
-/** What the first auth response carries for `greeting` under `creds`. */
+/**
+ * What the first auth response (HandshakeResponse41 or COM_CHANGE_USER) carries for `greeting`
+ * under `creds`. A token is 0.3-4 KB: it fits only as length-encoded data (`tokenFits`, by
+ * default the greeting's CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA; COM_CHANGE_USER carries at most
+ * 255 bytes). When it does not fit, nothing is sent and the server's AuthSwitchRequest to
+ * mysql_clear_password is answered with it instead. In auth.mode password the response is the
+ * password's scramble for the server's plugin.
+ */
 export async function firstAuth(
   greeting: Greeting,
   creds: Credentials,
+  tokenFits = (greeting.capabilities & Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA) !== 0,
 ): Promise<{ plugin: string; data: Buffer }> {
-  const secret = await creds.secret();
   if (creds.mode === 'iam') {
-    // A token is 0.3-4 KB: it fits only as length-encoded data. Without that capability,
-    // send nothing and answer the AuthSwitchRequest the server will send.
-    if ((greeting.capabilities & Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA) === 0)
-      return { plugin: AuthPlugin.NATIVE, data: Buffer.alloc(0) };
-    return { plugin: AuthPlugin.CLEAR, data: clear(secret) };
+    if (!tokenFits) return { plugin: AuthPlugin.NATIVE, data: Buffer.alloc(0) };
+    return { plugin: AuthPlugin.CLEAR, data: clear(await creds.secret()) };
   }
+  const secret = await creds.secret();
   if (greeting.authPlugin === AuthPlugin.CACHING_SHA2)
     return { plugin: AuthPlugin.CACHING_SHA2, data: sha2Token(secret, greeting.scramble) };
   return { plugin: AuthPlugin.NATIVE, data: nativeToken(secret, greeting.scramble) };
@@ -251,10 +297,9 @@ export async function login(
 ): Promise<Buffer> {
   const t0 = performance.now();
   const first = await firstAuth(up.greeting, creds);
-  if (timings) timings.tokenMs = ms(t0);
   up.leg.write(2, buildHandshakeResponse({ ...response, authPlugin: first.plugin, authData: first.data }));
   const ok = await authExchange(up.leg, first.plugin, creds);
-  if (timings) timings.upstreamLoginMs = ms(t0);
+  if (timings) timings.upstreamLoginMs = elapsedMs(t0);
   return ok;
 }
 
@@ -387,8 +432,4 @@ function safeParseErr(payload: Buffer): { errno: number; sqlState?: string; mess
   } catch {
     return { errno: ErrNo.HANDSHAKE, message: 'malformed ERR packet from upstream' };
   }
-}
-
-function ms(t0: number): number {
-  return Math.round((performance.now() - t0) * 100) / 100;
 }

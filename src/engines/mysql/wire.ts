@@ -134,7 +134,10 @@ export const Sha2Status = {
   PERFORM_FULL_AUTHENTICATION: 0x04,
 } as const;
 
-/** Server error numbers the proxy sends (server range only: clients reject 2xxx codes from a server as malformed). */
+/**
+ * Server error numbers the proxy sends or recognises (server range only: clients reject 2xxx
+ * codes from a server as malformed).
+ */
 export const ErrNo = {
   /** 1040 ER_CON_COUNT_ERROR, SQLSTATE 08004: Too many connections. */
   CON_COUNT: 1040,
@@ -142,8 +145,8 @@ export const ErrNo = {
   HANDSHAKE: 1043,
   /** 1045 ER_ACCESS_DENIED_ERROR, SQLSTATE 28000. */
   ACCESS_DENIED: 1045,
-  /** 1047 ER_UNKNOWN_COM_ERROR, SQLSTATE 08S01: Unknown command. */
-  UNKNOWN_COM: 1047,
+  /** 1049 ER_BAD_DB_ERROR, SQLSTATE 42000: Unknown database (the login itself was accepted). */
+  BAD_DB: 1049,
   /** 1053 ER_SERVER_SHUTDOWN, SQLSTATE 08S01. */
   SERVER_SHUTDOWN: 1053,
   /** 1153 ER_NET_PACKET_TOO_LARGE, SQLSTATE 08S01. */

@@ -4,7 +4,7 @@ import type { Duplex } from 'node:stream';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { SocketReader } from '../../net/reader';
 import { acceptTls } from '../../net/localTls';
-import { ErrorCode, ProxyError } from '../../errors';
+import { ErrorCode, ProxyError, ScramError } from '../../errors';
 import { makeVerifier, SCRAM_MECHANISM, ScramServer, type ScramVerifier } from './scram';
 import {
   AuthCode,
@@ -43,23 +43,24 @@ export interface ClientCancel {
  * Reads the client's first packets: SSLRequest (answered 'S' and upgraded, or 'N'),
  * GSSENCRequest ('N'), direct TLS (PG17 sslnegotiation=direct), CancelRequest, and finally the
  * StartupMessage. `onSocket` is told each time the downstream socket changes (TLS upgrade) so
- * errors can be sent on the current one.
+ * errors can be sent on the current one. Every wait ends when `signal` aborts.
  */
 export async function readClientStartup(
   client: net.Socket,
   secureContext: tls.SecureContext | undefined,
   onSocket: (s: Duplex) => void,
+  signal?: AbortSignal,
 ): Promise<ClientStartup | ClientCancel> {
   let socket: Duplex = client;
-  let reader = new SocketReader(client, MAX_STARTUP_LENGTH * 2);
+  let reader = new SocketReader(client, MAX_STARTUP_LENGTH * 2, 'client', signal);
   let isTls = false;
 
   const upgrade = async (alreadyRead: Buffer): Promise<void> => {
-    const s = await acceptTls(client, secureContext as tls.SecureContext, alreadyRead, [PG_ALPN]);
+    const s = await acceptTls(client, secureContext as tls.SecureContext, alreadyRead, [PG_ALPN], signal);
     socket = s;
     isTls = true;
     onSocket(s);
-    reader = new SocketReader(s, MAX_STARTUP_LENGTH * 2);
+    reader = new SocketReader(s, MAX_STARTUP_LENGTH * 2, 'client', signal);
   };
 
   if ((await reader.peekByte()) === TLS_HANDSHAKE_BYTE) {
@@ -196,11 +197,11 @@ export async function authenticateClient(
     if (resp.type !== Frontend.Password) throw failed();
     serverFinal = server.final(resp.body.toString('utf8'));
   } catch (err) {
-    if (err instanceof ProxyError && err.code !== ErrorCode.ClientAuth) throw err;
-    if (err instanceof Error && !(err instanceof ProxyError) && !/password/.test(err.message)) {
+    if (err instanceof ScramError && err.kind === 'protocol')
       throw new ProxyError(ErrorCode.ClientProtocol, `SCRAM exchange failed: ${err.message}`);
-    }
-    throw failed();
+    if (err instanceof ScramError || (err instanceof ProxyError && err.code === ErrorCode.ClientAuth))
+      throw failed();
+    throw err;
   }
   if (!known) throw failed();
   s.socket.write(authMessage(AuthCode.SASLFinal, Buffer.from(serverFinal)));

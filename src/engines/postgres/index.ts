@@ -1,21 +1,21 @@
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
-import type { Logger } from '../../log';
 import { upstreamTargetFor } from '../../net/dial';
 import type {
   Engine,
-  EngineConnection,
   EngineOptions,
+  HandshakeContext,
   HandshakeResult,
-  PhaseTimings,
-  SessionInfo,
+  UpstreamProbe,
 } from '../../proxy/engine';
+import { EngineHandshake, endWith } from '../../proxy/handshake';
+import type { TokenLease } from '../../credentials/tokens';
 import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
 import { refusedLoginHint } from '../../credentials/hints';
 import { authenticateClient, LocalUsers, readClientStartup } from './downstream';
 import { connectTls, login, sendCancel, type UpstreamSession, type UpstreamTarget } from './upstream';
-import { errorResponse, fatal, Field } from './wire';
+import { errorResponse, fatal, Field, PROTOCOL_3_0 } from './wire';
 
 /** SQLSTATE for each proxy error code (https://www.postgresql.org/docs/current/errcodes-appendix.html). */
 export const SQLSTATE: Record<ErrorCode, string> = {
@@ -60,14 +60,13 @@ export class PostgresEngine implements Engine {
   readonly target: UpstreamTarget;
   readonly users: LocalUsers;
 
-  constructor(readonly o: PostgresEngineOptions) {
-    const l = o.listener;
-    this.target = upstreamTargetFor(l, o.dialer, o.upstreamCa);
-    this.users = new LocalUsers(o.localUsers);
+  constructor(readonly options: PostgresEngineOptions) {
+    this.target = upstreamTargetFor(options.listener, options.dialer, options.upstreamCa);
+    this.users = new LocalUsers(options.localUsers);
   }
 
-  accept(client: net.Socket, log: Logger): EngineConnection {
-    return new PostgresConnection(this, client, log);
+  accept(client: net.Socket, ctx: HandshakeContext): PostgresHandshake {
+    return new PostgresHandshake(this, client, ctx);
   }
 
   reject(client: net.Socket, err: ProxyError): void {
@@ -80,7 +79,7 @@ export class PostgresEngine implements Engine {
     if (err.serverError?.fields) {
       const fields = new Map(err.serverError.fields);
       if (err.code === ErrorCode.UpstreamAuth) {
-        const hint = `rds-iam-proxy ${refusedLoginHint(this.o.listener)}`;
+        const hint = `rds-iam-proxy ${refusedLoginHint(this.options.listener)}`;
         const own = fields.get(Field.Hint);
         fields.set(Field.Hint, own ? `${own}\n${hint}` : hint);
       }
@@ -92,41 +91,38 @@ export class PostgresEngine implements Engine {
   }
 
   tokenRequest(user: string): TokenRequest {
-    return tokenRequestFor(this.o.listener, user);
+    return tokenRequestFor(this.options.listener, user);
   }
 }
 
-class PostgresConnection implements EngineConnection {
-  readonly info: SessionInfo = {};
-  readonly timings: PhaseTimings = {};
+/**
+ * One client's handshake, top to bottom: the client's first packets (TLS, startup or cancel),
+ * the local password check, then the upstream login (connectTls + login, retried once on a
+ * refused cached token), and the server's AuthenticationOk .. ReadyForQuery relayed verbatim.
+ */
+class PostgresHandshake extends EngineHandshake {
+  /** The client socket errors go to: the TLS one once the client upgraded. */
   private down: Duplex;
-  private up: Duplex | undefined;
-  private finished = false;
 
   constructor(
     private readonly engine: PostgresEngine,
-    private readonly client: net.Socket,
-    private readonly log: Logger,
+    client: net.Socket,
+    ctx: HandshakeContext,
   ) {
+    super(client, ctx);
     this.down = client;
-    client.on('error', () => undefined); // errors surface as read failures
   }
 
-  async run(): Promise<HandshakeResult | null> {
-    try {
-      return await this.handshake();
-    } catch (err) {
-      const e = asProxyError(err);
-      this.abort(e);
-      throw e;
-    }
-  }
-
-  private async handshake(): Promise<HandshakeResult | null> {
+  protected async handshake(): Promise<HandshakeResult | null> {
     const e = this.engine;
-    const l = e.o.listener;
+    const l = e.options.listener;
     const t0 = performance.now();
-    const start = await readClientStartup(this.client, e.o.secureContext, (s) => (this.down = s));
+    const start = await readClientStartup(
+      this.client,
+      e.options.secureContext,
+      (s) => (this.down = s),
+      this.signal,
+    );
     if (start.kind === 'cancel') {
       await this.cancel(start.pid, start.key);
       return null;
@@ -148,93 +144,94 @@ class PostgresConnection implements EngineConnection {
       k === 'user' ? upstreamUser : k === 'database' && l.upstream.database ? l.upstream.database : v,
     ]);
     if (l.upstream.database && !params.has('database')) mapped.push(['database', l.upstream.database]);
-    const session = await this.loginUpstream(start.version, mapped, upstreamUser);
-    const tlsSocket = session.socket;
+    const session = await this.withLease(e.options.secrets, e.tokenRequest(upstreamUser), (lease) =>
+      this.loginUpstream(start.version, mapped, upstreamUser, lease),
+    );
     if (start.reader.closed)
-      throw new ProxyError(ErrorCode.ClientProtocol, 'client went away during the upstream login');
+      throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
     this.down.write(session.relay.length === 1 ? (session.relay[0] as Buffer) : Buffer.concat(session.relay));
     const forget = session.backendKey
-      ? e.o.cancels.add(session.backendKey.pid, session.backendKey.key, e.target)
+      ? e.options.cancels.add(session.backendKey.pid, session.backendKey.key, e.target)
       : undefined;
-    this.finished = true;
     return {
       downstream: this.down,
-      upstream: tlsSocket,
+      upstream: session.socket,
       downstreamLeftover: start.reader.detach(),
       upstreamLeftover: session.leftover,
       ...(forget ? { onClose: forget } : {}),
     };
   }
 
-  /**
-   * Connects and logs in upstream. If the server refuses a token that came from the cache (its
-   * credentials may have been revoked or rotated), refreshes credentials, mints a new token and
-   * tries once more before the client hears anything.
-   */
+  /** One upstream login: dial, SSLRequest, verify-full TLS, then the startup and auth exchange. */
   private async loginUpstream(
     version: number,
     params: [string, string][],
     user: string,
+    lease: TokenLease,
   ): Promise<UpstreamSession> {
-    const e = this.engine;
-    const req = e.tokenRequest(user);
-    for (let attempt = 1; ; attempt++) {
-      const started = Date.now();
-      const secret = e.o.secrets.getToken(req);
-      secret.catch(() => undefined); // awaited after TLS; a failure then is reported there
-      const tlsSocket = await connectTls(e.target, this.timings);
-      this.up = tlsSocket;
-      if (this.finished) throw new ProxyError(ErrorCode.HandshakeTimeout, 'aborted');
-      this.info.tlsCipher = tlsSocket.getCipher()?.name;
-      try {
-        return await login(tlsSocket, { version, params, user, secret }, this.timings);
-      } catch (err) {
-        const minted = e.o.secrets.mintedAt?.(req);
-        const cached = minted !== undefined && minted < started;
-        if (attempt > 1 || !cached || !(err instanceof ProxyError) || err.code !== ErrorCode.UpstreamAuth)
-          throw err;
-        e.o.secrets.invalidate(req);
-        this.log.info(
-          { sqlState: err.serverError?.sqlState },
-          'upstream refused a cached token; retrying once with fresh credentials',
-        );
-      }
+    const tlsSocket = this.own(await connectTls(this.engine.target, this.timings, this.signal));
+    this.info.tlsCipher = tlsSocket.getCipher()?.name;
+    try {
+      return await login(
+        tlsSocket,
+        { version, params, user, secret: this.secretOf(lease) },
+        this.timings,
+        this.signal,
+      );
+    } catch (err) {
+      this.disown(tlsSocket);
+      throw err;
     }
   }
 
+  /**
+   * The server never answers a cancel, and neither do we: the client is closed at once. The
+   * forward is bounded by its own deadline, not the session's, since the client has gone.
+   */
   private async cancel(pid: number, key: Buffer): Promise<void> {
-    this.finished = true;
-    this.client.destroy(); // the server never answers a cancel; neither do we
-    const target = this.engine.o.cancels.get(pid, key);
+    this.client.destroy();
+    const target = this.engine.options.cancels.get(pid, key);
     if (!target) {
       this.log.info({ pid }, 'cancel request for an unknown session ignored');
       return;
     }
     try {
-      await sendCancel(target, pid, key);
+      await sendCancel(target, pid, key, AbortSignal.timeout(2 * target.dial.connectTimeoutMs));
       this.log.info({ pid }, 'cancel request forwarded');
     } catch (err) {
       this.log.warn({ pid, err: asProxyError(err).message }, 'cancel request could not be forwarded');
     }
   }
 
-  abort(err: ProxyError): void {
-    if (this.finished) return;
-    this.finished = true;
-    this.up?.destroy();
-    if (err.code === ErrorCode.UpstreamAuth && err.serverError && this.info.upstreamUser) {
-      this.engine.o.secrets.invalidate(this.engine.tokenRequest(this.info.upstreamUser));
-    }
+  protected sendError(err: ProxyError): void {
     endWith(this.down, this.engine.errorFor(err));
   }
 }
 
-/** Writes a last message and closes; destroys if the peer does not read it within a second. */
-function endWith(s: Duplex, last: Buffer): void {
-  if (s.destroyed || !s.writable) {
-    s.destroy();
-    return;
-  }
-  s.end(last);
-  setTimeout(() => s.destroy(), 1000).unref();
-}
+/** SQLSTATE invalid_catalog_name: the login worked, the database does not exist. */
+const UNKNOWN_DATABASE = '3D000';
+
+/** doctor's check of a Postgres upstream: connectTls, then a protocol 3.0 login. */
+export const probeUpstream: UpstreamProbe = async (target, user, database) => {
+  const s = await connectTls(target);
+  const db = database ?? 'postgres';
+  return {
+    tls: s,
+    database: db,
+    async login(secret) {
+      const params: [string, string][] = [
+        ['user', user],
+        ['database', db],
+      ];
+      try {
+        await login(s, { version: PROTOCOL_3_0, params, user, secret: () => Promise.resolve(secret) });
+        return undefined;
+      } catch (err) {
+        const e = asProxyError(err);
+        if (e.serverError?.sqlState !== UNKNOWN_DATABASE) throw e;
+        return `${e.message} (SQLSTATE ${UNKNOWN_DATABASE})`;
+      }
+    },
+    close: () => s.destroy(),
+  };
+};

@@ -3,6 +3,7 @@
  * (auth.mode: password, RDS Proxy) and a server downstream (client.auth: password).
  * Channel binding is not offered (the mechanism list is plain SCRAM-SHA-256).
  */
+import { ScramError } from '../../errors';
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from 'node:crypto';
 
 export const SCRAM_MECHANISM = 'SCRAM-SHA-256';
@@ -59,9 +60,10 @@ export class ScramClient {
     const r = a.get('r');
     const s = a.get('s');
     const i = Number(a.get('i'));
-    if (!r || !s || !Number.isInteger(i) || i < 1) throw new Error('malformed SCRAM server-first message');
+    if (!r || !s || !Number.isInteger(i) || i < 1)
+      throw new ScramError('malformed SCRAM server-first message', 'protocol');
     if (!r.startsWith(this.nonce) || r.length === this.nonce.length)
-      throw new Error('SCRAM server nonce does not extend ours');
+      throw new ScramError('SCRAM server nonce does not extend ours', 'protocol');
     const salted = saltedPassword(this.password, s, i);
     const clientKey = hmac(salted, 'Client Key');
     const withoutProof = `c=biws,r=${r}`;
@@ -75,7 +77,7 @@ export class ScramClient {
   verifyFinal(serverFinal: string): void {
     const v = attrs(serverFinal).get('v');
     if (!v || !this.serverSignature || !safeEqual(Buffer.from(v, 'base64'), this.serverSignature)) {
-      throw new Error('SCRAM server signature does not match');
+      throw new ScramError('SCRAM server signature does not match', 'proof');
     }
   }
 }
@@ -115,11 +117,15 @@ export class ScramServer {
   /** Takes the client-first message, returns server-first. */
   first(clientFirst: string): string {
     const m = /^([ny]),(a=[^,]*)?,(.*)$/.exec(clientFirst);
-    if (!m) throw new Error('unsupported SCRAM client-first message (channel binding is not offered)');
+    if (!m)
+      throw new ScramError(
+        'unsupported SCRAM client-first message (channel binding is not offered)',
+        'protocol',
+      );
     this.gs2Header = clientFirst.slice(0, clientFirst.length - (m[3] as string).length);
     this.clientFirstBare = m[3] as string;
     const r = attrs(this.clientFirstBare).get('r');
-    if (!r || r.length > 256) throw new Error('missing client nonce');
+    if (!r || r.length > 256) throw new ScramError('missing client nonce', 'protocol');
     this.nonce = r + randomBytes(18).toString('base64');
     this.serverFirst = `r=${this.nonce},s=${this.verifier.salt.toString('base64')},i=${this.verifier.iterations}`;
     return this.serverFirst;
@@ -128,12 +134,12 @@ export class ScramServer {
   /** Verifies client-final; returns server-final on success, throws on a wrong password. */
   final(clientFinal: string): string {
     const pIdx = clientFinal.lastIndexOf(',p=');
-    if (pIdx < 0) throw new Error('missing client proof');
+    if (pIdx < 0) throw new ScramError('missing client proof', 'protocol');
     const withoutProof = clientFinal.slice(0, pIdx);
     const a = attrs(withoutProof);
-    if (a.get('r') !== this.nonce) throw new Error('nonce mismatch');
+    if (a.get('r') !== this.nonce) throw new ScramError('nonce mismatch', 'protocol');
     if (a.get('c') !== Buffer.from(this.gs2Header).toString('base64'))
-      throw new Error('channel binding mismatch');
+      throw new ScramError('channel binding mismatch', 'protocol');
     const proof = Buffer.from(clientFinal.slice(pIdx + 3), 'base64');
     const authMessage = `${this.clientFirstBare},${this.serverFirst},${withoutProof}`;
     const clientSig = hmac(this.verifier.storedKey, authMessage);
@@ -141,7 +147,7 @@ export class ScramServer {
       proof.length !== clientSig.length ||
       !safeEqual(sha256(xor(proof, clientSig)), this.verifier.storedKey)
     ) {
-      throw new Error('password authentication failed');
+      throw new ScramError('password authentication failed', 'proof');
     }
     return `v=${hmac(this.verifier.serverKey, authMessage).toString('base64')}`;
   }

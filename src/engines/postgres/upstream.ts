@@ -2,8 +2,10 @@ import type tls from 'node:tls';
 import { upstreamTls, type UpstreamTarget } from '../../net/dial';
 import { PG_ALPN } from './downstream';
 import { SocketReader } from '../../net/reader';
-import { ErrorCode, ProxyError } from '../../errors';
+import { ErrorCode, ProxyError, ScramError } from '../../errors';
 import type { PhaseTimings } from '../../proxy/engine';
+import { elapsedMs } from '../../proxy/handshake';
+import { onAbort } from '../../abort';
 import { ScramClient, SCRAM_MECHANISM, md5Response } from './scram';
 import {
   Backend,
@@ -32,7 +34,6 @@ export interface UpstreamSession {
   /** Bytes read after ReadyForQuery (normally none). */
   leftover: Buffer;
   backendKey?: { pid: number; key: Buffer };
-  cipher: string;
 }
 
 /** Byte 'S' / 'N' answers to SSLRequest. */
@@ -42,17 +43,22 @@ const SSL_NO = 0x4e;
 /**
  * Dials, then SSLRequest and verify-full TLS. Exactly one answer byte is read; a server that
  * says anything but 'S', or sends more bytes before TLS, is refused (CVE-2021-23222 class).
- * Resolves with the verified TLS socket (owning the raw one).
+ * Resolves with the verified TLS socket (owning the raw one). Aborting `signal` at any step
+ * destroys the socket and rejects with the signal's reason.
  */
-export async function connectTls(t: UpstreamTarget, timings?: PhaseTimings): Promise<tls.TLSSocket> {
+export async function connectTls(
+  t: UpstreamTarget,
+  timings?: PhaseTimings,
+  signal?: AbortSignal,
+): Promise<tls.TLSSocket> {
   let t0 = performance.now();
-  const raw = await t.dialer.dial(t.dial);
-  if (timings) timings.upstreamConnectMs = ms(t0);
+  const raw = await t.dialer.dial(t.dial, signal);
+  if (timings) timings.upstreamConnectMs = elapsedMs(t0);
   t0 = performance.now();
   if (t.negotiation === 'direct') {
     // PostgreSQL 17+ `sslnegotiation=direct` and Aurora's express gateway: no SSLRequest; the
     // ClientHello is the first byte, with SNI = host and ALPN postgresql, which the server must accept.
-    const s = await upstreamTls(raw, { ...t.tls, alpn: [PG_ALPN] }).catch((err: unknown) => {
+    const s = await upstreamTls(raw, { ...t.tls, alpn: [PG_ALPN] }, signal).catch((err: unknown) => {
       if (!(err instanceof ProxyError) || !err.message.startsWith('TLS handshake')) throw err;
       throw new ProxyError(
         ErrorCode.UpstreamTls,
@@ -73,10 +79,10 @@ export async function connectTls(t: UpstreamTarget, timings?: PhaseTimings): Pro
         },
       );
     }
-    if (timings) timings.upstreamTlsMs = ms(t0);
+    if (timings) timings.upstreamTlsMs = elapsedMs(t0);
     return s;
   }
-  const reader = new SocketReader(raw, 64, 'server');
+  const reader = new SocketReader(raw, 64, 'server', signal);
   try {
     raw.write(sslRequest());
     const answer = (await reader.read(1))[0];
@@ -99,7 +105,7 @@ export async function connectTls(t: UpstreamTarget, timings?: PhaseTimings): Pro
     }
   } catch (err) {
     raw.destroy();
-    if (err instanceof ProxyError) throw err;
+    if (err instanceof ProxyError || signal?.aborted) throw err;
     throw new ProxyError(
       ErrorCode.UpstreamUnreachable,
       `upstream ${t.dial.host} closed the connection before TLS: ${(err as Error).message}`,
@@ -109,8 +115,8 @@ export async function connectTls(t: UpstreamTarget, timings?: PhaseTimings): Pro
     );
   }
   reader.detach();
-  const s = await upstreamTls(raw, t.tls);
-  if (timings) timings.upstreamTlsMs = ms(t0);
+  const s = await upstreamTls(raw, t.tls, signal);
+  if (timings) timings.upstreamTlsMs = elapsedMs(t0);
   return s;
 }
 
@@ -119,35 +125,29 @@ export interface LoginOptions {
   /** Startup parameters, already mapped (user, database), in the client's order. */
   params: [string, string][];
   user: string;
-  /** The secret (token or password); awaited only after TLS is verified. */
-  secret: Promise<string>;
+  /** The secret (token or password); called only when the server asks, after TLS is verified. */
+  secret: () => Promise<string>;
 }
 
 /**
  * Logs in over an already-verified TLS socket: sends the startup message, answers cleartext,
  * MD5 or SCRAM-SHA-256 with the secret, and collects what must be relayed to the client.
- * A server ErrorResponse becomes ProxyError(UpstreamAuth) carrying the server's fields.
+ * A server ErrorResponse becomes ProxyError(UpstreamAuth) carrying the server's fields. On
+ * failure the socket is destroyed.
  */
 export async function login(
   socket: tls.TLSSocket,
   o: LoginOptions,
   timings?: PhaseTimings,
+  signal?: AbortSignal,
 ): Promise<UpstreamSession> {
   const t0 = performance.now();
-  const reader = new SocketReader(socket, MAX_HANDSHAKE_MESSAGE * 2, 'server');
+  const reader = new SocketReader(socket, MAX_HANDSHAKE_MESSAGE * 2, 'server', signal);
   const relay: Buffer[] = [];
   let backendKey: UpstreamSession['backendKey'];
   let authenticated = false;
   let scram: ScramClient | undefined;
-  let secret: string | undefined;
-  const getSecret = async (): Promise<string> => {
-    if (secret === undefined) {
-      const t1 = performance.now();
-      secret = await o.secret;
-      if (timings) timings.tokenMs = ms(t1);
-    }
-    return secret;
-  };
+  const getSecret = o.secret;
   try {
     socket.write(buildStartup(o.version, o.params));
     for (;;) {
@@ -224,14 +224,8 @@ export async function login(
               'upstream sent ReadyForQuery before AuthenticationOk',
             );
           relay.push(msg.raw);
-          if (timings) timings.upstreamLoginMs = ms(t0);
-          return {
-            socket,
-            relay,
-            leftover: reader.detach(),
-            cipher: socket.getCipher()?.name ?? 'unknown',
-            ...(backendKey ? { backendKey } : {}),
-          };
+          if (timings) timings.upstreamLoginMs = elapsedMs(t0);
+          return { socket, relay, leftover: reader.detach(), ...(backendKey ? { backendKey } : {}) };
         default:
           throw new ProxyError(
             ErrorCode.UpstreamProtocol,
@@ -242,8 +236,8 @@ export async function login(
   } catch (err) {
     reader.detach();
     socket.destroy();
-    if (err instanceof ProxyError) throw err;
-    if (err instanceof Error && /SCRAM/.test(err.message)) {
+    if (err instanceof ProxyError || signal?.aborted) throw err;
+    if (err instanceof ScramError) {
       throw new ProxyError(ErrorCode.UpstreamAuth, `upstream SCRAM exchange failed: ${err.message}`, {
         cause: err,
       });
@@ -256,16 +250,22 @@ export async function login(
   }
 }
 
-/** Forwards a CancelRequest over verified TLS (SSLRequest first), as the server expects. Best effort. */
-export async function sendCancel(t: UpstreamTarget, pid: number, key: Buffer): Promise<void> {
-  const s = await connectTls(t);
+/**
+ * Forwards a CancelRequest over verified TLS (SSLRequest first), as the server expects, and
+ * waits for the server to close. Best effort; aborting `signal` gives up.
+ */
+export async function sendCancel(
+  t: UpstreamTarget,
+  pid: number,
+  key: Buffer,
+  signal?: AbortSignal,
+): Promise<void> {
+  const s = await connectTls(t, undefined, signal);
+  const stopWatching = onAbort(signal, () => s.destroy());
   await new Promise<void>((resolve) => {
     s.on('error', () => resolve());
     s.on('close', () => resolve());
     s.end(buildCancel(pid, key));
   });
-}
-
-function ms(t0: number): number {
-  return Math.round((performance.now() - t0) * 100) / 100;
+  stopWatching();
 }

@@ -43,7 +43,6 @@ export const Backend = {
 export const Frontend = {
   /** PasswordMessage, SASLInitialResponse and SASLResponse all use 'p'. */
   Password: 0x70, // 'p'
-  Terminate: 0x58, // 'X'
 } as const;
 
 /** The int32 in an Authentication ('R') message. */

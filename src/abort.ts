@@ -1,0 +1,41 @@
+/**
+ * The one cancellation mechanism: a Session owns an AbortController per connection and aborts it
+ * with the reason (a ProxyError: deadline, shutdown, client gone); every await of the handshake
+ * observes the signal and rejects with that reason. These helpers connect a signal to things
+ * that predate AbortSignal (sockets, promises).
+ */
+
+/**
+ * Calls `fn` once with the signal's reason when it aborts (at once if it already has).
+ * Returns a function that removes the listener; call it when the guarded step is over.
+ */
+export function onAbort(signal: AbortSignal | undefined, fn: (reason: unknown) => void): () => void {
+  if (!signal) return noop;
+  if (signal.aborted) {
+    fn(signal.reason);
+    return noop;
+  }
+  const listener = (): void => fn(signal.reason);
+  signal.addEventListener('abort', listener, { once: true });
+  return () => signal.removeEventListener('abort', listener);
+}
+
+/** Settles like `p`, or rejects with the signal's reason if it aborts first. */
+export function untilAborted<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return p;
+  return new Promise<T>((resolve, reject) => {
+    const stop = onAbort(signal, reject);
+    p.then(
+      (v) => {
+        stop();
+        resolve(v);
+      },
+      (err: unknown) => {
+        stop();
+        reject(err);
+      },
+    );
+  });
+}
+
+function noop(): void {}
