@@ -20,6 +20,7 @@ import type { Logger } from './log';
 import { startProxy, type AppDeps, type ProxyApp } from './app';
 import { AdminServer, type ReadinessReport } from './admin/http';
 import { metrics } from './admin/metrics';
+import { SystemdNotifier } from './admin/sdnotify';
 import { asProxyError, ErrorCode, ExitCode, ProxyError } from './errors';
 
 /** Where the process is in its life. */
@@ -65,10 +66,11 @@ export class Runtime {
   private stopReason: StopReason | undefined;
   private reloading: Promise<unknown> = Promise.resolve();
   private readonly timers = new Set<NodeJS.Timeout>();
+  private systemd: SystemdNotifier | undefined;
 
-  constructor(private readonly o: RuntimeOptions) {
-    this.cfg = o.config;
-    this.log = o.log;
+  constructor(private readonly options: RuntimeOptions) {
+    this.cfg = options.config;
+    this.log = options.log;
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
   }
 
@@ -85,8 +87,8 @@ export class Runtime {
 
   /** Starts the listeners, then the admin server; logs "rds-iam-proxy ready". */
   async start(): Promise<void> {
-    metrics.buildInfo(this.o.version);
-    this.proxy = await startProxy(this.cfg, { ...this.o.deps, log: this.log });
+    metrics.buildInfo(this.options.version);
+    this.proxy = await startProxy(this.cfg, { ...this.options.deps, log: this.log });
     try {
       if (this.cfg.admin.listen !== undefined)
         this.admin = await AdminServer.start(this.cfg.admin.listen, this.adminHandlers(), this.log);
@@ -97,12 +99,18 @@ export class Runtime {
     this.phase = Phase.Running;
     this.log.info(
       {
-        version: this.o.version,
+        version: this.options.version,
         listeners: this.proxy.listeners.map((l) => ({ name: l.name, address: l.address() })),
         ...(this.admin ? { admin: this.admin.address() } : {}),
       },
       'rds-iam-proxy ready',
     );
+    this.notifySystemd('READY=1', 'STATUS=listening');
+  }
+
+  /** sd_notify for Type=notify units (a no-op outside systemd), in call order; failures are logged. */
+  private notifySystemd(...fields: string[]): void {
+    void (this.systemd ??= new SystemdNotifier(this.log)).notify(...fields);
   }
 
   /** Installs SIGTERM, SIGINT and SIGHUP handlers; returns a function that removes them. */
@@ -162,7 +170,9 @@ export class Runtime {
    * config was invalid or could not be applied (the running one stays). Reloads run one at a time.
    */
   reload(): Promise<boolean> {
+    this.notifySystemd('RELOADING=1');
     const next = this.reloading.then(() => this.reloadNow());
+    void next.then(() => this.phase === Phase.Running && this.notifySystemd('READY=1', 'STATUS=listening'));
     this.reloading = next;
     return next;
   }
@@ -172,13 +182,13 @@ export class Runtime {
       this.log.warn({ phase: this.phase }, 'reload ignored: the proxy is not running');
       return false;
     }
-    if (!this.o.load) {
+    if (!this.options.load) {
       this.log.warn('reload ignored: no config source to re-read');
       return false;
     }
     let next: Config;
     try {
-      next = this.o.load();
+      next = this.options.load();
     } catch (err) {
       metrics.configReloaded(false);
       const problems = err instanceof ConfigError ? err.problems : undefined;
@@ -239,6 +249,7 @@ export class Runtime {
     const { minDelayMs, maxDelayMs } = this.cfg.shutdown;
     this.phase = Phase.Stopping;
     metrics.draining(true);
+    this.notifySystemd('STOPPING=1', 'STATUS=draining');
     this.log.info(
       { signal: reason, connections: app.connections(), minDelayMs, maxDelayMs },
       'shutting down: still accepting for shutdown.minDelayMs',
@@ -282,7 +293,8 @@ export class Runtime {
     this.timers.clear();
     const admin = this.admin;
     this.admin = undefined;
-    void (admin ? admin.close() : Promise.resolve()).finally(() => this.resolveDone(code));
+    // STOPPING=1 (queued behind earlier notifications) must leave before the process exits.
+    void Promise.all([admin?.close(), this.systemd?.flush()]).finally(() => this.resolveDone(code));
   }
 
   private sleep(ms: number): Promise<void> {

@@ -3,7 +3,8 @@
  * - Dockerfile: every COPY source exists and survives .dockerignore; the build context alone
  *   compiles (`tsc -p tsconfig.build.json`) into the ENTRYPOINT file; the user is numeric non-root.
  * - (the Helm chart: test/unit/ops-chart.test.ts)
- * - systemd unit: `systemd-analyze verify` passes without warnings; `security` rates it OK.
+ * - systemd unit: Type=notify (the readiness itself: test/e2e/ops-systemd.test.ts), node by absolute
+ *   path; `systemd-analyze verify` passes without warnings; `security` rates it OK.
  * Child processes run asynchronously (execFile), never blocking the event loop.
  */
 import { execFile } from 'node:child_process';
@@ -155,7 +156,14 @@ describe('systemd unit', () => {
       /^ExecReload=\/bin\/kill -HUP \$MAINPID$/m,
       /^SuccessExitStatus=143$/m,
       /^CapabilityBoundingSet=$/m,
-      /^ExecStart=\S+ run --config \/etc\/rds-iam-proxy\/config\.yaml$/m,
+      // node by absolute path: the CLI's `#!/usr/bin/env node` would depend on PATH.
+      /^ExecStart=\/\S*\/node \/\S+\/dist\/src\/cli\.js run --config \/etc\/rds-iam-proxy\/config\.yaml$/m,
+      // Readiness: READY=1 once the listeners are bound, sent by a systemd-notify child.
+      /^Type=notify$/m,
+      /^NotifyAccess=all$/m,
+      /^PrivateMounts=yes$/m,
+      /^PrivateUsers=yes$/m,
+      /^#IPAddressAllow=/m,
     ]) {
       expect(unit).toMatch(line);
     }
@@ -174,7 +182,7 @@ describe('systemd unit', () => {
         writeFileSync(
           file,
           unit.replace(
-            /^ExecStart=\S+/m,
+            /^ExecStart=\S+ \S+/m,
             `ExecStart=${process.execPath} ${path.join(ROOT, 'dist/src/cli.js')}`,
           ),
         );
