@@ -253,7 +253,7 @@ describe('validation', () => {
     expect(upstreamPort({ ...pg, upstream: { ...pg.upstream, port: 15432 } })).toBe(15432);
     expect(pg.client).toEqual({ tls: 'auto', auth: 'trust', passwordMethod: 'scram-sha-256', users: [] });
     expect(pg.auth.mode).toBe('iam');
-    expect(pg.upstream.tls).toEqual({ ca: 'rds', minVersion: 'TLSv1.2' });
+    expect(pg.upstream.tls).toEqual({ ca: 'rds', minVersion: 'TLSv1.2', negotiation: 'postgres' });
     expect(pg.upstream.connectTimeoutMs).toBe(10_000);
     expect(pg.handshakeTimeoutMs).toBe(15_000);
     expect(cfg.log).toEqual({ level: 'info', format: 'auto' });

@@ -470,7 +470,7 @@ describe('failures reach the client as ERR packets', () => {
     const e = await connectError({ port: proxy.port('dead') });
     expect(e).toMatchObject({ errno: 1429, sqlState: '08S01' });
     expect(e.message).toContain(
-      `cannot connect to upstream ${ENDPOINT} (dialled as 127.0.0.1:${deadPort}): ECONNREFUSED`,
+      `cannot connect to upstream ${ENDPOINT}:${deadPort} (dialled as 127.0.0.1:${deadPort}): ECONNREFUSED`,
     );
   });
 
