@@ -1,11 +1,10 @@
 import { isDeepStrictEqual } from 'node:util';
 import type { Config, Listener } from './config/schema';
-import { listenerRegion, upstreamPort } from './config/load';
 import { readSecret } from './config/secrets';
 import { scrubSecrets, type Logger } from './log';
 import { type Dialer, loadUpstreamCa, tcpDialer } from './net/dial';
 import { LocalTls } from './net/localTls';
-import type { TokenMinter, TokenSource } from './credentials/tokens';
+import { type TokenMinter, type TokenSource, tokenRequestFor } from './credentials/tokens';
 import { CredentialsHub } from './credentials/hub';
 import { CancelRegistry, PostgresEngine } from './engines/postgres';
 import { MysqlEngine } from './engines/mysql';
@@ -368,12 +367,7 @@ class App implements ProxyApp {
     const now = Date.now();
     if (e.probe && now - e.probe.at < READINESS_CACHE_MS) return e.probe.result;
     const l = e.cfg;
-    const req = {
-      host: l.upstream.host,
-      port: upstreamPort(l),
-      user: l.upstream.user ?? READINESS_PROBE_USER,
-      region: listenerRegion(l) ?? '',
-    };
+    const req = tokenRequestFor(l, l.upstream.user ?? READINESS_PROBE_USER);
     const result = e.shared.credentials
       .sourceFor(l)
       .lease(req)

@@ -4,7 +4,7 @@ import type { Config, Listener } from '../config/schema';
 import { upstreamPort } from '../config/load';
 import { CredentialsHub } from '../credentials/hub';
 import { buildCredentialSource, describeSource } from '../credentials/providers';
-import { credentialsError } from '../credentials/tokens';
+import { credentialsError, tokenRequestFor } from '../credentials/tokens';
 import { refusedLoginCauses } from '../credentials/hints';
 import { readSecret } from '../config/secrets';
 import { asProxyError, ErrorCode, ProxyError } from '../errors';
@@ -98,9 +98,7 @@ async function checkListener(
         detail: `from ${describeSource(creds)}${aws.roleArn ? ` assuming ${aws.roleArn}` : ''}${exp}`,
       });
       const tokenUser = user ?? '(any)';
-      secret = await hub
-        .sourceFor(l)
-        .lease({ host, port, user: user ?? 'doctor', region: l.auth.region ?? '' }).secret;
+      secret = await hub.sourceFor(l).lease(tokenRequestFor(l, user ?? 'doctor')).secret;
       add({
         step: 'token',
         status: 'ok',

@@ -104,10 +104,8 @@ export function validateConfig(raw: unknown, problems: ConfigProblem[] = []): Co
   }
   problems.push(...crossChecks(parsed.data));
   if (problems.length > 0) throw new ConfigError(problems);
-  // Resolve the signing region once, so nothing downstream has to repeat the fallbacks.
-  for (const l of parsed.data.listeners) {
-    l.auth.region ??= regionFromHost(l.upstream.host) ?? l.auth.aws?.region ?? parsed.data.aws.region;
-  }
+  // Store the signing region: code that holds only a listener then gets the top-level fallback too.
+  for (const l of parsed.data.listeners) l.auth.region = listenerRegion(l, parsed.data.aws.region);
   return parsed.data;
 }
 
@@ -258,9 +256,13 @@ export function regionFromHost(host: string): string | undefined {
   return m?.[1];
 }
 
-/** The region a listener signs tokens for. */
-export function listenerRegion(l: Listener): string | undefined {
-  return l.auth.region ?? regionFromHost(l.upstream.host) ?? l.auth.aws?.region;
+/**
+ * The region a listener signs tokens for: auth.region, else the endpoint name's, else the
+ * listener's auth.aws.region, else the top-level aws.region (`topRegion`; a validated config
+ * has already stored the result in auth.region).
+ */
+export function listenerRegion(l: Listener, topRegion?: string): string | undefined {
+  return l.auth.region ?? regionFromHost(l.upstream.host) ?? l.auth.aws?.region ?? topRegion;
 }
 
 /** The upstream port with the engine's default. */

@@ -37,10 +37,10 @@ export class CredentialsHub {
 
   constructor(
     private readonly cfg: Config,
-    private readonly o: HubOptions,
+    private readonly options: HubOptions,
   ) {
-    applyAwsEnvironment(cfg.aws, o.env ?? process.env);
-    this.skew = new ClockSkewMonitor(o.clock ?? systemClock, (s) => this.observeSkew(s));
+    applyAwsEnvironment(cfg.aws, options.env ?? process.env);
+    this.skew = new ClockSkewMonitor(options.clock ?? systemClock, (s) => this.observeSkew(s));
     this.stopSkew = this.skew.start();
   }
 
@@ -53,28 +53,29 @@ export class CredentialsHub {
   sourceFor(l: Listener): TokenSource {
     if (l.auth.mode === 'password' && l.auth.password) {
       const ref = l.auth.password;
-      return new StaticPasswordSource(() => readSecret(ref, this.o.env ?? process.env));
+      return new StaticPasswordSource(() => readSecret(ref, this.options.env ?? process.env));
     }
     const aws = this.awsFor(l);
     const flavor = l.auth.mode === 'dsql' ? 'dsql' : 'rds';
     const key = `${flavor}:${settingsKey(aws)}`;
     let cache = this.caches.get(key);
     if (!cache) {
-      const clock = this.o.clock ?? systemClock;
-      const minter = this.o.minter ?? new IamTokenMinter(buildCredentialSource(aws, clock), clock, flavor);
+      const clock = this.options.clock ?? systemClock;
+      const minter =
+        this.options.minter ?? new IamTokenMinter(buildCredentialSource(aws, clock), clock, flavor);
       cache = new TokenCache(minter, clock, {
         marginMs: this.cfg.tokens.marginSeconds * 1000,
         refreshAheadMs: this.cfg.tokens.refreshAheadSeconds * 1000,
         events: {
-          onMint: (req, token) => this.o.events?.onMint?.(req, token),
+          onMint: (req, token) => this.options.events?.onMint?.(req, token),
           onMintFailure: (req, err, background) => {
-            this.o.log.warn(
+            this.options.log.warn(
               { host: req.host, user: req.user, background, error: err.message },
               background
                 ? 'background token refresh failed; the cached token keeps serving'
                 : 'token mint failed',
             );
-            this.o.events?.onMintFailure?.(req, err, background);
+            this.options.events?.onMintFailure?.(req, err, background);
           },
         },
       });
@@ -89,11 +90,11 @@ export class CredentialsHub {
   }
 
   private observeSkew(s: SkewSample): void {
-    this.o.onSkew?.(s);
+    this.options.onSkew?.(s);
     const limit = this.cfg.tokens.clockSkewWarnSeconds;
     if (Math.abs(s.offsetSeconds) > limit) {
       if (!this.warnedSkew) {
-        this.o.log.warn(
+        this.options.log.warn(
           { offsetSeconds: s.offsetSeconds, source: s.source },
           `host clock is ${Math.abs(s.offsetSeconds)} s ${s.offsetSeconds > 0 ? 'ahead of' : 'behind'} AWS (${s.source}); ` +
             'IAM tokens are signed with the local time and RDS refuses them when it is off by minutes: fix NTP (chrony, Amazon Time Sync 169.254.169.123)',

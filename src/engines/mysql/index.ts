@@ -21,13 +21,8 @@ import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
 import { refusedLoginHint } from '../../credentials/hints';
 import { ErrorCode, ProxyError } from '../../errors';
 import { upstreamTargetFor } from '../../net/dial';
-import type {
-  Engine,
-  EngineOptions,
-  HandshakeContext,
-  HandshakeResult,
-  UpstreamProbe,
-} from '../../proxy/engine';
+import type { Engine, EngineOptions, HandshakeContext, HandshakeResult } from '../../proxy/engine';
+import type { UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, elapsedMs, endWith } from '../../proxy/handshake';
 import { LocalUsers, makeScramble } from './auth';
 import { CommandPhase } from './changeUser';

@@ -2,13 +2,8 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import { upstreamTargetFor } from '../../net/dial';
-import type {
-  Engine,
-  EngineOptions,
-  HandshakeContext,
-  HandshakeResult,
-  UpstreamProbe,
-} from '../../proxy/engine';
+import type { Engine, EngineOptions, HandshakeContext, HandshakeResult } from '../../proxy/engine';
+import type { UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, endWith } from '../../proxy/handshake';
 import type { TokenLease } from '../../credentials/tokens';
 import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';

@@ -9,6 +9,15 @@ import { Parser } from 'pg-protocol/dist/parser';
 import type { SocketReader } from '../../net/reader';
 import { ErrorCode, ProxyError } from '../../errors';
 
+/** Major version 3 in the high 16 bits; minor in the low. */
+export const PROTOCOL_3_0 = 196608;
+export const PROTOCOL_3_2 = 196610;
+
+/** Envoy and the server itself cap a startup packet at 10000 bytes. */
+export const MAX_STARTUP_LENGTH = 10_000;
+/** Largest handshake-phase message accepted from either side (SASL, errors, parameters). */
+export const MAX_HANDSHAKE_MESSAGE = 64 * 1024;
+
 /** Codes in the int32 after the length of a first ("startup-phase") packet. */
 export const StartupCode = {
   /** 1234.5679 — https://www.postgresql.org/docs/current/protocol-message-formats.html#PROTOCOL-MESSAGE-FORMATS-SSLREQUEST */
@@ -18,15 +27,6 @@ export const StartupCode = {
   /** 1234.5678 — CancelRequest, on a fresh connection, no auth. */
   CancelRequest: 80877102,
 } as const;
-
-/** Major version 3 in the high 16 bits; minor in the low. */
-export const PROTOCOL_3_0 = 196608;
-export const PROTOCOL_3_2 = 196610;
-
-/** Envoy and the server itself cap a startup packet at 10000 bytes. */
-export const MAX_STARTUP_LENGTH = 10_000;
-/** Largest handshake-phase message accepted from either side (SASL, errors, parameters). */
-export const MAX_HANDSHAKE_MESSAGE = 64 * 1024;
 
 /** Backend message type bytes used during startup. */
 export const Backend = {
