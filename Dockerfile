@@ -4,10 +4,18 @@
 #   docker run --rm --read-only --tmpfs /tmp -v $PWD/config.yaml:/etc/rds-iam-proxy/config.yaml:ro \
 #     -p 127.0.0.1:15432:15432 rds-iam-proxy run --config /etc/rds-iam-proxy/config.yaml
 # Runs as a numeric non-root user and works with a read-only root filesystem: the only file it
-# writes is the generated local CA (localTls.caFile, default /tmp/rds-iam-proxy/local-ca.pem), so
-# mount a writable /tmp (the Helm chart mounts an emptyDir there).
+# writes is the generated local CA (localTls.caFile), so mount a writable directory for it (the
+# Helm chart mounts an emptyDir at /var/run/rds-iam-proxy, shared read-only with the app).
 
-ARG NODE_IMAGE=node:24-slim
+# Base: Node 24 (the current LTS), pinned by digest so a rebuild gets the same bytes. The digest is
+# an OCI index (multi-arch) of node:24-slim as published in public references at the time of
+# writing; refresh it deliberately: `docker buildx imagetools inspect node:24-slim`.
+ARG NODE_IMAGE=node:24-slim@sha256:a9f5f7c91a432850b2a8a7797adf5eadb6c733ceed61167806cee7ea7fbc29df
+# OCI labels; CI passes them: --build-arg VERSION=$(node -p "require('./package.json').version")
+# --build-arg REVISION=$(git rev-parse HEAD)
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/rds-iam-proxy/rds-iam-proxy
 
 # --- build: dev dependencies, TypeScript -> dist/ ---------------------------------------------
 FROM ${NODE_IMAGE} AS build
@@ -24,11 +32,22 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 
-# --- runtime -----------------------------------------------------------------------------------
+# --- runtime: node, the compiled CLI and production dependencies; no package manager -------------
 FROM ${NODE_IMAGE}
+ARG VERSION
+ARG REVISION
+ARG SOURCE
 LABEL org.opencontainers.image.title="rds-iam-proxy" \
       org.opencontainers.image.description="Local Postgres/MySQL proxy that logs in to Amazon RDS and Aurora with IAM auth tokens" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
+# The base ships npm, npx, corepack (and yarn on older tags): nothing at run time needs them, and
+# they are attack surface and scanner noise.
+RUN rm -rf /usr/local/lib/node_modules /opt/yarn-* \
+      /usr/local/bin/npm /usr/local/bin/npx /usr/local/bin/corepack /usr/local/bin/yarn /usr/local/bin/yarnpkg \
+      /usr/local/bin/pnpm /usr/local/bin/pnpx /usr/local/include/node
 ENV NODE_ENV=production \
     HOME=/tmp \
     RDS_IAM_PROXY_CONFIG=/etc/rds-iam-proxy/config.yaml

