@@ -83,9 +83,13 @@ function refuse(message: string, cause?: unknown): ProxyError {
  * directory are created too), then refuses with a ProxyError naming the path and the fix when it
  * is a symlink, not a directory, owned by another user, or writable by group/others without the
  * sticky bit (a sticky directory such as /tmp is accepted: others cannot rename or remove our
- * files there, and every file is checked on its own).
+ * files there, and every file is checked on its own). `rootLinkOk` accepts a root-owned symlink
+ * to a directory that passes the same checks (for directories systemd hands over).
  */
-export function ensureOwnDir(dir: string, opts: { createParents?: boolean } = {}): void {
+export function ensureOwnDir(
+  dir: string,
+  opts: { createParents?: boolean; rootLinkOk?: boolean } = {},
+): void {
   let created = false;
   try {
     const parents = opts.createParents ?? false;
@@ -100,7 +104,9 @@ export function ensureOwnDir(dir: string, opts: { createParents?: boolean } = {}
         err,
       );
   }
-  const st = fs.lstatSync(dir);
+  let st = fs.lstatSync(dir);
+  // systemd's DynamicUser= makes $STATE_DIRECTORY a root-owned link into /var/lib/private.
+  if (st.isSymbolicLink() && opts.rootLinkOk && st.uid === 0) st = fs.statSync(dir);
   if (st.isSymbolicLink())
     throw refuse(
       `${dir} is a symlink; the proxy refuses to follow it for its own files (someone else may control ` +

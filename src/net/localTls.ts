@@ -103,7 +103,8 @@ export class LocalTls {
   private autoContext(): tls.SecureContext {
     if (this.auto) return this.auto;
     const configured = this.dir.source === 'localTls.dir' || this.dir.source === 'localTls.caFile';
-    ensureOwnDir(this.dir.path, { createParents: configured });
+    const fromSystemd = this.dir.source === 'STATE_DIRECTORY' || this.dir.source === 'RUNTIME_DIRECTORY';
+    ensureOwnDir(this.dir.path, { createParents: configured, rootLinkOk: fromSystemd });
     const caDir = path.dirname(this.caFile);
     if (caDir !== this.dir.path) ensureOwnDir(caDir, { createParents: true });
     const ca = this.cache ? this.cachedCa() : createCA(CA_NAME, CA_DAYS);

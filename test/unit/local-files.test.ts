@@ -126,6 +126,21 @@ describe('ensureOwnDir', () => {
     expect(err.message).toMatch(new RegExp(`${link} is a symlink.*localTls\\.dir`));
   });
 
+  (isRoot ? test : test.skip)('a root-owned link (systemd DynamicUser state) only where allowed', () => {
+    const real = path.join(tmp, 'private-state');
+    fs.mkdirSync(real, { mode: 0o755 });
+    const link = path.join(tmp, 'state');
+    fs.symlinkSync(real, link);
+    expect(() => ensureOwnDir(link, { rootLinkOk: true })).not.toThrow();
+    fs.chmodSync(real, 0o777);
+    expect(thrown(() => ensureOwnDir(link, { rootLinkOk: true })).message).toMatch(
+      /writable by group or others/,
+    );
+    fs.lchownSync(link, OTHER_UID, OTHER_UID);
+    fs.chmodSync(real, 0o755);
+    expect(thrown(() => ensureOwnDir(link, { rootLinkOk: true })).message).toContain(`${link} is a symlink`);
+  });
+
   (isRoot ? test : test.skip)('refuses a directory owned by another user', () => {
     const d = path.join(tmp, 'theirs');
     fs.mkdirSync(d, { mode: 0o755 });
