@@ -6,6 +6,7 @@
  */
 import { existsSync, promises as fs } from 'node:fs';
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import * as path from 'node:path';
 import { freePort, mustRun, REPO_ROOT, startDaemon, waitForPort, type Daemon } from './util';
 
@@ -121,4 +122,33 @@ export async function pingPongMs(port: number, n = 300): Promise<number> {
   }
   times.sort((a, b) => a - b);
   return times[Math.floor(times.length / 2)] ?? NaN;
+}
+
+/**
+ * Opens a PostgreSQL connection to 127.0.0.1:`port` and completes a local TLS handshake
+ * (SSLRequest, 'S', TLS; the certificate is not checked); resolves with performance.now() at
+ * secureConnect. Measures when a `client.tls: auto` listener can really serve TLS.
+ */
+export async function pgTlsHandshakeAt(port: number): Promise<number> {
+  const raw = net.connect({ host: '127.0.0.1', port });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      raw.once('error', reject);
+      raw.once('connect', () => raw.write(Buffer.from([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])));
+      raw.once('data', (d: Buffer) =>
+        d[0] === 0x53 ? resolve() : reject(new Error(`SSLRequest answered ${d.toString('latin1')}`)),
+      );
+    });
+    const s = tls.connect({ socket: raw, servername: 'localhost', rejectUnauthorized: false });
+    return await new Promise<number>((resolve, reject) => {
+      s.once('error', reject);
+      s.once('secureConnect', () => {
+        const at = performance.now();
+        s.destroy();
+        resolve(at);
+      });
+    });
+  } finally {
+    raw.destroy();
+  }
 }

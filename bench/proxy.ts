@@ -23,6 +23,8 @@ export interface ProxyProcess extends Daemon {
   configFile: string;
   /** Milliseconds from spawning the process to its last 'listening' log line. */
   startMs: number;
+  /** performance.now() just before the process was spawned. */
+  spawnedAt: number;
 }
 
 /** Environment for the child: no ambient AWS settings, IMDS off, plus `extra`. */
@@ -56,13 +58,20 @@ export async function startProxyProcess(o: {
   node?: string;
   /** Where `client.tls: auto` writes its CA certificate (default `<dir>/<name>-local-ca.pem`). */
   localCaFile?: string;
+  /**
+   * `localTls.dir` instead of a CA file: the proxy keeps its CA (key included) there and reuses
+   * it on the next start, as it does by default in production.
+   */
+  localTlsDir?: string;
 }): Promise<ProxyProcess> {
   const ports: Record<string, number> = {};
   for (const l of o.listeners) ports[l.name] = await freePort();
   const config = {
     log: { level: o.logLevel ?? 'info', format: 'json' },
     shutdown: { maxDelayMs: 500 },
-    localTls: { caFile: o.localCaFile ?? path.join(o.dir, `${o.name}-local-ca.pem`) },
+    localTls: o.localTlsDir
+      ? { dir: o.localTlsDir }
+      : { caFile: o.localCaFile ?? path.join(o.dir, `${o.name}-local-ca.pem`) },
     listeners: o.listeners.map((l) => ({
       name: l.name,
       engine: l.engine,
@@ -101,7 +110,7 @@ export async function startProxyProcess(o: {
   try {
     for (const port of Object.values(ports)) await waitForPort(port, d.exited);
     const startMs = await Promise.race([listening, d.exited]);
-    return { ...d, ports, configFile, startMs };
+    return { ...d, ports, configFile, startMs, spawnedAt: t0 };
   } catch (err) {
     await d.stop(0);
     const log = await fs.readFile(d.logFile, 'utf8').catch(() => '');
