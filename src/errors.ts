@@ -116,6 +116,37 @@ export function asProxyError(err: unknown): ProxyError {
   return new ProxyError(ErrorCode.Internal, 'internal proxy error; see the proxy log', { cause: err });
 }
 
+/** An error as log fields: `err: {code, message, hint, serverCode, stack}`. */
+export interface LoggedError {
+  code: ErrorCode;
+  message: string;
+  hint?: string;
+  /** The server's SQLSTATE or MySQL errno, or the socket errno of the cause (ECONNREFUSED). */
+  serverCode?: string;
+  /** Internal errors only: the cause's stack, for a bug report. */
+  stack?: string;
+}
+
+/**
+ * `err` for a log line: the message stays out of `msg`, so each event has one fixed `msg` and
+ * lines group by `err.code`. The logger scrubs token shapes from message and stack.
+ */
+export function logError(err: unknown): LoggedError {
+  const e = asProxyError(err);
+  const se = e.serverError;
+  const cause = e.cause as { code?: unknown; stack?: unknown } | undefined;
+  const serverCode =
+    se?.sqlState ??
+    (se?.errno !== undefined ? String(se.errno) : typeof cause?.code === 'string' ? cause.code : undefined);
+  return {
+    code: e.code,
+    message: e.message,
+    ...(e.hint ? { hint: e.hint } : {}),
+    ...(serverCode ? { serverCode } : {}),
+    ...(e.code === ErrorCode.Internal && typeof cause?.stack === 'string' ? { stack: cause.stack } : {}),
+  };
+}
+
 /** Process exit codes, in one place (sysexits-style where one fits). */
 export const ExitCode = {
   Ok: 0,

@@ -21,7 +21,7 @@ import { startProxy, type AppDeps, type ProxyApp } from './app';
 import { AdminServer, type ReadinessReport } from './admin/http';
 import { metrics } from './admin/metrics';
 import { SystemdNotifier } from './admin/sdnotify';
-import { asProxyError, ErrorCode, ExitCode, ProxyError } from './errors';
+import { ErrorCode, ExitCode, logError, ProxyError } from './errors';
 
 /** Where the process is in its life. */
 export const Phase = {
@@ -193,7 +193,7 @@ export class Runtime {
       metrics.configReloaded(false);
       const problems = err instanceof ConfigError ? err.problems : undefined;
       this.log.error(
-        { problems, error: problems ? undefined : asProxyError(err).message },
+        { problems, err: problems ? undefined : logError(err) },
         'reload failed: invalid configuration; keeping the running one',
       );
       return false;
@@ -222,11 +222,7 @@ export class Runtime {
     } catch (err) {
       await freshAdmin?.close();
       metrics.configReloaded(false);
-      const e = asProxyError(err);
-      this.log.error(
-        { error: e.message, code: e.code, err: e.code === ErrorCode.Internal ? e.cause : undefined },
-        'reload failed; keeping the running configuration',
-      );
+      this.log.error({ err: logError(err) }, 'reload failed; keeping the running configuration');
       return false;
     }
   }

@@ -1,6 +1,7 @@
 import type { Config, Listener } from '../config/schema';
 import { readSecret } from '../config/secrets';
 import type { Logger } from '../log';
+import { logError } from '../errors';
 import { type Clock, systemClock } from './clock';
 import { applyAwsEnvironment, buildCredentialSource, settingsKey } from './providers';
 import { ClockSkewMonitor, type SkewSample } from './skew';
@@ -70,7 +71,7 @@ export class CredentialsHub {
           onMint: (req, token) => this.options.events?.onMint?.(req, token),
           onMintFailure: (req, err, background) => {
             this.options.log.warn(
-              { host: req.host, user: req.user, background, error: err.message },
+              { host: req.host, user: req.user, background, err: logError(err) },
               background
                 ? 'background token refresh failed; the cached token keeps serving'
                 : 'token mint failed',
@@ -95,9 +96,13 @@ export class CredentialsHub {
     if (Math.abs(s.offsetSeconds) > limit) {
       if (!this.warnedSkew) {
         this.options.log.warn(
-          { offsetSeconds: s.offsetSeconds, source: s.source },
-          `host clock is ${Math.abs(s.offsetSeconds)} s ${s.offsetSeconds > 0 ? 'ahead of' : 'behind'} AWS (${s.source}); ` +
-            'IAM tokens are signed with the local time and RDS refuses them when it is off by minutes: fix NTP (chrony, Amazon Time Sync 169.254.169.123)',
+          {
+            offsetSeconds: s.offsetSeconds,
+            source: s.source,
+            detail: `host clock is ${Math.abs(s.offsetSeconds)} s ${s.offsetSeconds > 0 ? 'ahead of' : 'behind'} AWS (${s.source})`,
+            hint: 'IAM tokens are signed with the local time and RDS refuses them when it is off by minutes: fix NTP (chrony, Amazon Time Sync 169.254.169.123)',
+          },
+          'host clock skew',
         );
       }
       this.warnedSkew = true;

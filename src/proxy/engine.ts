@@ -27,6 +27,15 @@ export interface SessionInfo {
   applicationName?: string;
   clientTls?: boolean;
   tlsCipher?: string;
+  /** The endpoint name logged in to (upstream.host). */
+  upstreamHost?: string;
+  /** host:port actually dialled: the upstream socket's peer address ([v6]:port for IPv6). */
+  upstreamAddress?: string;
+  /**
+   * The server's id for this connection, to match pg_stat_activity.pid / RDS logs (Postgres:
+   * the BackendKeyData pid) or SHOW PROCESSLIST / CONNECTION_ID() (MySQL: the greeting's thread id).
+   */
+  serverConnectionId?: number;
 }
 
 /** Both legs, logged in, ready to splice. Ownership of both sockets passes to the caller. */
@@ -103,3 +112,10 @@ export type UpstreamProbe = (
   user: string,
   database: string | undefined,
 ) => Promise<ProbeSession>;
+
+/** `host:port` of a connected socket's peer (`[v6]:port` for IPv6); undefined once closed. */
+export function peerAddress(s: net.Socket): string | undefined {
+  const { remoteAddress: a, remotePort: p } = s;
+  if (a === undefined || p === undefined) return undefined;
+  return a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`;
+}

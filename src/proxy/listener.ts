@@ -7,7 +7,7 @@ import type { Engine } from './engine';
 import { Session, type SessionResult } from './session';
 import { ConnectionLimits, type LoginGate } from './limits';
 import { noopObserver, type ProxyObserver } from './observer';
-import { ErrorCode, ProxyError } from '../errors';
+import { ErrorCode, logError, ProxyError } from '../errors';
 
 /** Per-listener settings from the config. */
 export interface ListenerSettings {
@@ -173,18 +173,17 @@ export class ProxyListener {
     const refusal = this.connectionLimits.tryOpen(this.name, this.settings.maxConnections ?? 0);
     if (refusal) {
       this.observer.connectionRefused(this.name, refusal.limit);
+      const err = new ProxyError(ErrorCode.TooManyConnections, refusal.message, { hint: refusal.hint });
       this.log.warn(
         {
           listener: this.name,
           remote: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix',
           limit: refusal.limit,
+          err: logError(err),
         },
-        `refused: ${refusal.message}`,
+        'refused',
       );
-      this.engine.reject(
-        socket,
-        new ProxyError(ErrorCode.TooManyConnections, refusal.message, { hint: refusal.hint }),
-      );
+      this.engine.reject(socket, err);
       return;
     }
     this.observer.connectionOpened(this.name);

@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import type { Logger } from '../log';
-import { asProxyError, ErrorCode, ProxyError } from '../errors';
+import { asProxyError, ErrorCode, logError, ProxyError } from '../errors';
 import { untilAborted } from '../abort';
 import type { Engine } from './engine';
 import type { LoginGate } from './limits';
@@ -119,7 +119,7 @@ export class Session {
           hint: 'new logins are rate limited by limits.loginsPerSecond; shrink the client pools or raise limits.loginsPerSecond / limits.loginQueue',
         },
       );
-      this.log.warn({ code: err.code, limit: 'login_queue' }, `refused: ${err.message}`);
+      this.log.warn({ limit: 'login_queue', err: logError(err) }, 'refused');
       this.engine.reject(this.client, err);
       return false;
     }
@@ -129,7 +129,7 @@ export class Session {
     } catch (err) {
       ticket.cancel();
       const e = asProxyError(err);
-      this.log.info({ ms: elapsed(this.started), reason: e.message }, 'left the login queue');
+      this.log.info({ ms: elapsed(this.started), err: logError(e) }, 'left the login queue');
       if (e.code !== ErrorCode.ClientGone) this.engine.reject(this.client, e);
       else this.client.destroy();
       return false;
@@ -176,13 +176,8 @@ export class Session {
       const level =
         e.code === ErrorCode.Internal ? 'error' : e.code === ErrorCode.ClientGone ? 'debug' : 'warn';
       log[level](
-        {
-          ...withoutIdentity(conn.info),
-          code: e.code,
-          err: e.code === ErrorCode.Internal ? e.cause : undefined,
-          ms: elapsed(this.started),
-        },
-        `handshake failed: ${e.message}`,
+        { ...withoutIdentity(conn.info), err: logError(e), ms: elapsed(this.started) },
+        'handshake failed',
       );
       opts.observer.handshakeFailed(opts.listener, e);
       return { outcome: 'failed', errorCode: e.code };
@@ -207,10 +202,16 @@ export class Session {
     const durationMs = elapsed(this.started);
     const bytes = { fromClient: client.bytesRead, toClient: client.bytesWritten };
     log.info(
-      { bytesFromClient: bytes.fromClient, bytesToClient: bytes.toClient, durationMs, reason: end.reason },
+      {
+        bytesFromClient: bytes.fromClient,
+        bytesToClient: bytes.toClient,
+        durationMs,
+        reason: end.reason,
+        ...(end.detail ? { detail: end.detail } : {}),
+      },
       'closed',
     );
-    opts.observer.sessionClosed(opts.listener, end.kind, bytes, durationMs);
+    opts.observer.sessionClosed(opts.listener, end.reason, bytes, durationMs);
     return { outcome: 'spliced' };
   }
 

@@ -4,10 +4,10 @@ import type { CloseReason } from './observer';
 
 /** How a spliced session ended. */
 export interface SpliceEnd {
-  /** 'client closed', 'server closed', 'idle timeout (N ms)', 'shutdown', or the first socket error seen. */
-  reason: string;
-  /** The same, as a fixed vocabulary for metrics. */
-  kind: CloseReason;
+  /** Why, in the metrics' vocabulary (the `reason` label of sessions_closed_total and of the "closed" line). */
+  reason: CloseReason;
+  /** The socket error code (client_error, server_error) or the idle limit (`300 ms`). */
+  detail?: string;
 }
 
 export interface SpliceOptions {
@@ -37,32 +37,28 @@ export function splice(
 ): Promise<SpliceEnd> {
   return new Promise((resolve) => {
     let ended: SpliceEnd | undefined;
-    const finish = (reason: string, kind: CloseReason): void => {
+    const finish = (reason: CloseReason, detail?: string): void => {
       if (ended !== undefined) return;
-      ended = { reason, kind };
+      ended = detail === undefined ? { reason } : { reason, detail };
       opts.signal?.removeEventListener('abort', onAbort);
       downstream.destroy();
       upstream.destroy();
       resolve(ended);
     };
-    const onAbort = (): void => finish('shutdown', 'shutdown');
-    downstream.on('error', (err: NodeJS.ErrnoException) =>
-      finish(`client error: ${err.code ?? err.message}`, 'client_error'),
-    );
-    upstream.on('error', (err: NodeJS.ErrnoException) =>
-      finish(`server error: ${err.code ?? err.message}`, 'server_error'),
-    );
-    downstream.on('close', () => finish('client closed', 'client_closed'));
-    upstream.on('close', () => finish('server closed', 'server_closed'));
-    if (downstream.destroyed) return finish('client closed', 'client_closed');
-    if (upstream.destroyed) return finish('server closed', 'server_closed');
+    const onAbort = (): void => finish('shutdown');
+    downstream.on('error', (err: NodeJS.ErrnoException) => finish('client_error', err.code ?? err.message));
+    upstream.on('error', (err: NodeJS.ErrnoException) => finish('server_error', err.code ?? err.message));
+    downstream.on('close', () => finish('client_closed'));
+    upstream.on('close', () => finish('server_closed'));
+    if (downstream.destroyed) return finish('client_closed');
+    if (upstream.destroyed) return finish('server_closed');
     if (opts.signal?.aborted) return onAbort();
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const idleMs = opts.idleTimeoutMs ?? 0;
     if (idleMs > 0) {
       // Every byte read on one leg is written on the other, so either leg's timer firing means
       // both have been quiet for idleMs.
-      const onIdle = (): void => finish(`idle timeout (${idleMs} ms)`, 'idle_timeout');
+      const onIdle = (): void => finish('idle_timeout', `${idleMs} ms`);
       for (const s of [downstream, upstream]) if (isSocket(s)) s.setTimeout(idleMs, onIdle);
     }
     if (upstreamLeftover.length > 0) downstream.write(upstreamLeftover);

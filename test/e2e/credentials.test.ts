@@ -208,9 +208,10 @@ test('clock skew is estimated from the Date headers of credential calls and warn
   fake.options.dateOffsetSeconds = -600; // AWS says it is 10 minutes earlier: our clock is ahead
   const p = await proxyFor({ imdsEndpoint: fake.url });
   await whoami(p);
-  const warn = p.records().find((r) => String(r['msg']).startsWith('host clock is'));
+  const warn = p.records().find((r) => r['msg'] === 'host clock skew');
   expect(warn?.['offsetSeconds']).toBeGreaterThan(590);
-  expect(String(warn?.['msg'])).toMatch(/ahead of AWS.*fix NTP/);
+  expect(String(warn?.['detail'])).toMatch(/ahead of AWS/);
+  expect(String(warn?.['hint'])).toMatch(/fix NTP/);
 });
 
 test('Aurora DSQL tokens: DbConnectAdmin for admin, DbConnect for other roles', async () => {

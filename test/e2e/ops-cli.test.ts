@@ -186,7 +186,7 @@ describe('SIGTERM', () => {
     expect(r.code).toBe(0);
     expect(await proc.exited).toBe(0);
     expect(await db.psqlAdmin('select count(*) from drain_t', 'appdb')).toBe('1');
-    expect(records(proc, 'closed').at(-1)).toMatchObject({ reason: 'client closed' });
+    expect(records(proc, 'closed').at(-1)).toMatchObject({ reason: 'client_closed' });
     for (const m of [
       'shutting down: still accepting for shutdown.minDelayMs',
       'draining: stopped accepting; waiting for sessions to end',

@@ -282,7 +282,7 @@ describe('admin endpoints and logs', () => {
       bytesFromClient: expect.any(Number),
       bytesToClient: expect.any(Number),
       durationMs: expect.any(Number),
-      reason: 'client closed',
+      reason: 'client_closed',
     });
     expect(JSON.stringify(recs.filter((r) => r['msg'] === 'logged in'))).not.toMatch(/"user".*"user"/);
   });
@@ -341,10 +341,8 @@ describe('readiness failures and draining', () => {
       sample(m, 'rds_iam_proxy_handshake_failures_total', { listener: 'badpw', code: 'UPSTREAM_AUTH' }),
     ).toBe(1);
     expect(sample(m, 'rds_iam_proxy_connections_total', { listener: 'badpw', outcome: 'failed' })).toBe(1);
-    const failed = p
-      .records()
-      .find((r) => typeof r['msg'] === 'string' && (r['msg'] as string).startsWith('handshake failed'));
-    expect(failed).toMatchObject({ listener: 'badpw', user: 'alice', code: 'UPSTREAM_AUTH' });
+    const failed = p.records().find((r) => r['msg'] === 'handshake failed');
+    expect(failed).toMatchObject({ listener: 'badpw', user: 'alice', err: { code: 'UPSTREAM_AUTH' } });
   });
 
   test('POST /quitquitquit drains: 503 draining, no new connections, handshakes get 57P01 at the deadline', async () => {
@@ -425,7 +423,12 @@ describe('limits', () => {
     expect(
       p
         .records()
-        .some((r) => r['msg'] === 'refused: too many connections to listener "capped" (maxConnections 1)'),
+        .some(
+          (r) =>
+            r['msg'] === 'refused' &&
+            (r['err'] as { message?: string } | undefined)?.message ===
+              'too many connections to listener "capped" (maxConnections 1)',
+        ),
     ).toBe(true);
   });
 
@@ -459,7 +462,7 @@ describe('limits', () => {
       .records()
       .filter((r) => r['msg'] === 'closed' && r['listener'] === 'idle')
       .at(-1);
-    expect(closed?.['reason']).toBe('idle timeout (300 ms)');
+    expect(closed).toMatchObject({ reason: 'idle_timeout', detail: '300 ms' });
     const m = (await p.admin('/metrics')).body;
     expect(
       sample(m, 'rds_iam_proxy_sessions_closed_total', { listener: 'idle', reason: 'idle_timeout' }),
@@ -501,7 +504,10 @@ describe('reload (in process)', () => {
     expect(await p.rt.reload()).toBe(false);
     expect(p.rt.app.listeners.map((l) => l.name)).toEqual(['r1']);
     expect(
-      p.records().find((r) => r['msg'] === 'reload failed; keeping the running configuration')?.['error'],
+      (
+        p.records().find((r) => r['msg'] === 'reload failed; keeping the running configuration')?.['err'] as
+          { message?: string } | undefined
+      )?.message,
     ).toMatch(/listener r2 cannot listen on 127\.0\.0\.1:\d+: EADDRINUSE/);
     blocker.close();
 

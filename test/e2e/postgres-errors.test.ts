@@ -351,9 +351,9 @@ describe('protocol edge cases and bad input', () => {
     await new Promise((r) => setTimeout(r, 50));
     const recs = p.logs
       .slice(before)
-      .map((l) => JSON.parse(l) as { level: string; msg: string; code?: string });
-    const failed = recs.find((r) => r.msg.startsWith('handshake failed'));
-    expect(failed?.code).toBe('CLIENT_GONE');
+      .map((l) => JSON.parse(l) as { level: string; msg: string; err?: { code?: string } });
+    const failed = recs.find((r) => r.msg === 'handshake failed');
+    expect(failed?.err?.code).toBe('CLIENT_GONE');
     expect(failed?.level).toBe('debug');
     expect(recs.filter((r) => ['warn', 'error', 'fatal'].includes(r.level))).toEqual([]);
   });

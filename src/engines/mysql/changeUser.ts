@@ -19,7 +19,7 @@
  * https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_change_user.html
  */
 import type { Duplex } from 'node:stream';
-import { asProxyError, ErrorCode, ProxyError } from '../../errors';
+import { asProxyError, ErrorCode, logError, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import type { SessionInfo } from '../../proxy/engine';
 import { loginWithLease } from '../../proxy/handshake';
@@ -71,7 +71,7 @@ export class CommandPhase {
       upstream,
       this.facts.compressed,
       (client, server) => this.changeUser(client, server),
-      (err) => this.log.warn({ err: asProxyError(err).message }, 'command phase: closing the session'),
+      (err) => this.log.warn({ err: logError(err) }, 'command phase: closing the session'),
     );
   }
 
@@ -139,7 +139,7 @@ export class CommandPhase {
       return 'continue';
     } catch (err) {
       const e = asExchangeError(err);
-      this.log.warn({ code: e.code, upstreamUser }, `COM_CHANGE_USER failed: ${e.message}`);
+      this.log.warn({ upstreamUser, err: logError(e) }, 'COM_CHANGE_USER failed');
       try {
         toClient(buildErr(engine.errorFor(e)));
       } catch {

@@ -21,7 +21,13 @@ import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
 import { refusedLoginHint } from '../../credentials/hints';
 import { ErrorCode, ProxyError } from '../../errors';
 import { upstreamTargetFor } from '../../net/dial';
-import type { Engine, EngineOptions, HandshakeContext, HandshakeResult } from '../../proxy/engine';
+import {
+  type Engine,
+  type EngineOptions,
+  type HandshakeContext,
+  type HandshakeResult,
+  peerAddress,
+} from '../../proxy/engine';
 import type { UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, elapsedMs, endWith } from '../../proxy/handshake';
 import { LocalUsers, makeScramble } from './auth';
@@ -280,7 +286,10 @@ class MysqlHandshake extends EngineHandshake {
       try {
         const socket = await startTls(up, response, e.target, this.timings, this.signal);
         this.info.tlsCipher = socket.getCipher()?.name;
+        this.info.upstreamHost = e.target.dial.host;
+        this.info.upstreamAddress = peerAddress(socket);
         const ok = await login(up, response, e.credentials(this.secretOf(lease)), this.timings);
+        this.info.serverConnectionId = up.greeting.connectionId;
         return { up, response, socket, ok };
       } catch (err) {
         this.disown(up.leg);

@@ -2,7 +2,13 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import { upstreamTargetFor } from '../../net/dial';
-import type { Engine, EngineOptions, HandshakeContext, HandshakeResult } from '../../proxy/engine';
+import {
+  type Engine,
+  type EngineOptions,
+  type HandshakeContext,
+  type HandshakeResult,
+  peerAddress,
+} from '../../proxy/engine';
 import type { UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, endWith } from '../../proxy/handshake';
 import type { TokenLease } from '../../credentials/tokens';
@@ -144,6 +150,7 @@ class PostgresHandshake extends EngineHandshake {
     );
     if (start.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
+    this.info.serverConnectionId = session.backendKey?.pid;
     this.down.write(session.relay.length === 1 ? (session.relay[0] as Buffer) : Buffer.concat(session.relay));
     const forget = session.backendKey
       ? e.options.cancels.add(session.backendKey.pid, session.backendKey.key, e.target)
@@ -166,6 +173,8 @@ class PostgresHandshake extends EngineHandshake {
   ): Promise<UpstreamSession> {
     const tlsSocket = this.own(await connectTls(this.engine.target, this.timings, this.signal));
     this.info.tlsCipher = tlsSocket.getCipher()?.name;
+    this.info.upstreamHost = this.engine.target.dial.host;
+    this.info.upstreamAddress = peerAddress(tlsSocket);
     try {
       return await login(
         tlsSocket,
