@@ -19,6 +19,8 @@
  *   BENCH_STARTS=3 (cold starts per Node version)
  *   BENCH_PROXY_CLI=/path/to/dist/src/cli.js (measure another build, e.g. a prototype of a change)
  *   BENCH_PROXY_NODE_FLAGS="--max-semi-space-size=1" (node flags for the proxy processes)
+ *   BENCH_PERF_DIR=/tmp/prof (a profiled extra run per peer process and leg; needs linux-perf;
+ *     add BENCH_PROXY_NODE_FLAGS=--perf-basic-prof for JavaScript names)
  */
 import { existsSync, promises as fs } from 'node:fs';
 import * as os from 'node:os';
@@ -89,6 +91,7 @@ const EXTRA = new Set((process.env['BENCH_EXTRA'] ?? '').split(',').filter(Boole
 const FAR_RTT_MS = Number(process.env['BENCH_FAR_RTT_MS'] ?? 0.5);
 const IDLE_CONNECTIONS = Math.max(1, Number(process.env['BENCH_IDLE_CONNECTIONS'] ?? 1000));
 const STARTS = Math.max(1, Number(process.env['BENCH_STARTS'] ?? 3));
+const PERF_DIR = process.env['BENCH_PERF_DIR'] ?? '';
 const COPY_MB = 200;
 const COPY_SMALL_MB = 100;
 const PGBENCH_SCALE = 10;
@@ -238,7 +241,31 @@ async function runPgbenchRounds(
       if (cpu && p.pid) cpu[p.key].push((((await cpuSeconds(p.pid)) - before) * 1e6) / r.transactions);
     }
   }
+  if (PERF_DIR) await profileRun(title, paths, args);
   return s;
+}
+
+/**
+ * BENCH_PERF_DIR: one more (unmeasured) run per middle process under `perf record -g`, written to
+ * `<dir>/<title>-<peer>.perf.data` for `perf report` (where a missed target's cost is).
+ */
+async function profileRun(title: string, paths: PgPath[], args: string[]): Promise<void> {
+  const slug = title.replace(/\W+/g, '-').toLowerCase();
+  await fs.mkdir(PERF_DIR, { recursive: true });
+  for (const p of paths) {
+    if (!p.pid) continue;
+    const out = path.join(PERF_DIR, `${slug}-${p.key}.perf.data`);
+    const perf = startDaemon(
+      'perf',
+      ['record', '-F', '999', '-g', '-p', String(p.pid), '-o', out],
+      `${out}.log`,
+    );
+    await sleep(300);
+    await pgbenchLogged(`perf record ${p.label}`, p.conn, args, p.env);
+    perf.child.kill('SIGINT');
+    await perf.exited.catch(() => undefined);
+    progress(`  profile: ${out}`);
+  }
 }
 
 /** "0.71x" for each of proxy, PgBouncer, Go relay against direct. */
