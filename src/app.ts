@@ -7,6 +7,7 @@ import { LocalTls } from './net/localTls';
 import { type TokenMinter, type TokenSource, tokenRequestFor } from './credentials/tokens';
 import { CredentialsHub } from './credentials/hub';
 import { CancelRegistry, PostgresEngine } from './engines/postgres';
+import type { PgPrewarmDeps } from './engines/postgres/warm';
 import { MysqlEngine } from './engines/mysql';
 import type { Engine } from './proxy/engine';
 import { ProxyListener } from './proxy/listener';
@@ -80,6 +81,7 @@ function buildEngine(
     dialer: Dialer;
     env: NodeJS.ProcessEnv;
   },
+  prewarm?: PgPrewarmDeps,
 ): Engine {
   const secrets: TokenSource = shared.credentials.sourceFor(l);
   const localUsers = l.client.users.map((u) => ({
@@ -96,7 +98,7 @@ function buildEngine(
   };
   switch (l.engine) {
     case 'postgres':
-      return new PostgresEngine({ ...common, cancels: shared.cancels });
+      return new PostgresEngine({ ...common, cancels: shared.cancels, ...(prewarm ? { prewarm } : {}) });
     case 'mysql':
       return new MysqlEngine(common);
     default: {
@@ -118,6 +120,8 @@ type Shared = {
 interface Entry {
   cfg: Listener;
   listener: ProxyListener;
+  /** The listener's engine: started once committed, closed when retired (prewarm pool). */
+  engine: Engine;
   /** Cached result of the last secret-source check: undefined = ok, else the reason. */
   probe?: { at: number; result: Promise<string | undefined> };
   shared: Shared;
@@ -177,6 +181,7 @@ class App implements ProxyApp {
       throw err;
     }
     for (const e of entries) this.entries.set(e.cfg.name, e);
+    for (const e of entries) e.engine.start?.();
     if (this.cfg.listeners.some((l) => l.client.tls === 'auto'))
       this.log.info({ caFile: this.localTls.caPath }, 'local TLS CA written');
   }
@@ -188,6 +193,8 @@ class App implements ProxyApp {
   }
 
   async stopAccepting(): Promise<void> {
+    // No client will take a warm session any more.
+    for (const e of this.entries.values()) e.engine.close?.();
     await Promise.all(this.listeners.map((l) => l.stopAccepting()));
   }
 
@@ -278,6 +285,7 @@ class App implements ProxyApp {
         if (sameBind(p)) p.entry.listener.adopt(p.old.listener);
         else await p.old.listener.stopAccepting();
         this.retire(p.old.listener);
+        p.old.engine.close?.();
         summary.changed.push(p.entry.cfg.name);
       } else {
         summary.added.push(p.entry.cfg.name);
@@ -287,6 +295,7 @@ class App implements ProxyApp {
     for (const e of removed) {
       await e.listener.stopAccepting();
       this.retire(e.listener);
+      e.engine.close?.();
       this.entries.delete(e.cfg.name);
       summary.removed.push(e.cfg.name);
     }
@@ -302,6 +311,7 @@ class App implements ProxyApp {
     this.logins.update(next.limits);
     this.log.level = next.log.level;
     this.cfg = next;
+    for (const p of plan) p.entry.engine.start?.();
     if (tlsChanged && next.listeners.some((l) => l.client.tls === 'auto'))
       this.log.info({ caFile: this.localTls.caPath }, 'local TLS CA written');
     return summary;
@@ -344,10 +354,11 @@ class App implements ProxyApp {
   }
 
   private entryFor(l: Listener, shared: Shared): Entry {
+    const engine = buildEngine(l, shared, { gate: this.logins, observer: metrics, log: this.log });
     const listener = new ProxyListener(
       l.name,
       l.listen,
-      buildEngine(l, shared),
+      engine,
       this.log,
       {
         handshakeTimeoutMs: l.handshakeTimeoutMs,
@@ -359,7 +370,7 @@ class App implements ProxyApp {
       { connections: this.limits, logins: this.logins },
       metrics,
     );
-    return { cfg: l, listener, shared };
+    return { cfg: l, listener, engine, shared };
   }
 
   /** Asks the listener's secret source for a secret (discarded at once), at most every READINESS_CACHE_MS. */

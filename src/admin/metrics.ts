@@ -8,7 +8,15 @@
  */
 import client from 'prom-client';
 import type { PhaseTimings } from '../proxy/engine';
-import type { CloseReason, ConnectionOutcome, LimitName, ProxyObserver } from '../proxy/observer';
+import type {
+  CloseReason,
+  ConnectionOutcome,
+  LimitName,
+  PrewarmDiscard,
+  PrewarmMiss,
+  PrewarmObserver,
+  ProxyObserver,
+} from '../proxy/observer';
 import { ErrorCode, type ProxyError } from '../errors';
 
 export const registry = new client.Registry();
@@ -145,6 +153,36 @@ const buildInfo = new client.Gauge({
   labelNames: ['version', 'node'],
   registers,
 });
+const prewarmReady = new client.Gauge({
+  name: 'rds_iam_proxy_prewarm_ready',
+  help: 'Warm upstream sessions ready now, per listener and key (user/database from the config, or "learned")',
+  labelNames: ['listener', 'key'],
+  registers,
+});
+const prewarmHandouts = new client.Counter({
+  name: 'rds_iam_proxy_prewarm_handouts_total',
+  help: 'Warm upstream sessions handed to a client, per listener and key',
+  labelNames: ['listener', 'key'],
+  registers,
+});
+const prewarmMisses = new client.Counter({
+  name: 'rds_iam_proxy_prewarm_misses_total',
+  help: 'Clients of a prewarm listener that got a fresh login instead, per listener, key and reason (no_key, empty, startup, protocol, capabilities, apply_failed)',
+  labelNames: ['listener', 'key', 'reason'],
+  registers,
+});
+const prewarmDiscards = new client.Counter({
+  name: 'rds_iam_proxy_prewarm_discards_total',
+  help: 'Warm upstream sessions closed unused, per listener, key and reason (max_age, closed, dead, evicted, apply_failed, shutdown)',
+  labelNames: ['listener', 'key', 'reason'],
+  registers,
+});
+const prewarmLoginFailures = new client.Counter({
+  name: 'rds_iam_proxy_prewarm_login_failures_total',
+  help: 'Failed refill logins of the warm-session pool (it backs off), per listener and key',
+  labelNames: ['listener', 'key'],
+  registers,
+});
 for (const result of ['success', 'failure']) configReloads.inc({ result }, 0);
 draining.set(0);
 loginQueueLength.set(0);
@@ -245,11 +283,31 @@ export const metrics = {
   configReloaded(ok: boolean): void {
     configReloads.inc({ result: ok ? 'success' : 'failure' });
   },
+  /** Warm sessions ready now for a key label. */
+  prewarmReady(listener: string, key: string, ready: number): void {
+    prewarmReady.set({ listener, key }, ready);
+  },
+  /** A warm session went to a client. */
+  prewarmHandedOut(listener: string, key: string): void {
+    prewarmHandouts.inc({ listener, key });
+  },
+  /** A client got a fresh login instead of a warm session. */
+  prewarmMissed(listener: string, key: string, reason: PrewarmMiss): void {
+    prewarmMisses.inc({ listener, key, reason });
+  },
+  /** A warm session was closed unused. */
+  prewarmDiscarded(listener: string, key: string, reason: PrewarmDiscard): void {
+    prewarmDiscards.inc({ listener, key, reason });
+  },
+  /** A refill login failed. */
+  prewarmLoginFailed(listener: string, key: string): void {
+    prewarmLoginFailures.inc({ listener, key });
+  },
   /** Sets rds_iam_proxy_build_info once at start. */
   buildInfo(version: string): void {
     buildInfo.set({ version, node: process.versions.node }, 1);
   },
-} satisfies ProxyObserver & Record<string, unknown>;
+} satisfies ProxyObserver & PrewarmObserver & Record<string, unknown>;
 
 /**
  * Records the host clock's offset from AWS (seconds, positive = this host is ahead). Called with

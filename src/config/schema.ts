@@ -137,6 +137,25 @@ const Client = z.strictObject({
   users: z.array(ClientUser).default([]),
 });
 
+/**
+ * Upstream sessions logged in ahead of time, each handed to exactly one client whose startup
+ * matches (see README "Pre-warmed logins"). Off when absent.
+ */
+const Prewarm = z
+  .strictObject({
+    /** Sessions kept ready per key. */
+    size: z.number().int().min(1).max(100).default(1),
+    /** (user, database) keys as clients name them; database defaults to the user (Postgres) or none (MySQL). */
+    keys: z
+      .array(z.strictObject({ user: z.string().min(1), database: z.string().min(1).optional() }))
+      .default([]),
+    /** Also keep sessions for up to this many keys learned from recent logins (least recently used dropped). */
+    learn: z.number().int().min(0).max(100).default(0),
+    /** A ready session unused this long is closed and replaced, seconds. */
+    maxAgeSeconds: z.number().positive().max(86_400).default(300),
+  })
+  .refine((p) => p.keys.length > 0 || p.learn > 0, { message: 'give keys, learn, or both' });
+
 export const Listener = z.strictObject({
   /** Unique name, used in logs, metrics and env overrides. */
   name: z.string().regex(/^[A-Za-z0-9_-]+$/, 'use letters, digits, _ and -'),
@@ -170,6 +189,8 @@ export const Listener = z.strictObject({
   idleTimeoutMs: z.number().int().min(0).default(0),
   /** Open connections this listener accepts; 0 = unlimited. Excess get 53300 / 1040. */
   maxConnections: z.number().int().min(0).default(0),
+  /** Pre-warmed upstream logins; absent = off. */
+  prewarm: Prewarm.optional(),
 });
 export type Listener = z.infer<typeof Listener>;
 

@@ -27,6 +27,8 @@ export interface SessionInfo {
   applicationName?: string;
   clientTls?: boolean;
   tlsCipher?: string;
+  /** The client got a pre-warmed upstream session (listeners[].prewarm), not a fresh login. */
+  prewarmed?: boolean;
   /** The endpoint name logged in to (upstream.host). */
   upstreamHost?: string;
   /** host:port actually dialled: the upstream socket's peer address ([v6]:port for IPv6). */
@@ -91,6 +93,10 @@ export interface Engine {
   accept(client: net.Socket, ctx: HandshakeContext): EngineConnection;
   /** Sends a protocol-native error on a socket before any handshake (limits, shutdown) and closes it. */
   reject(client: net.Socket, err: ProxyError): void;
+  /** Starts background work (the prewarm pool) once the listener is committed. */
+  start?(): void;
+  /** Stops background work and closes what it holds (warm upstream sessions). */
+  close?(): void;
 }
 
 /** An upstream connection verified up to TLS, ready for one login attempt (doctor's check). */

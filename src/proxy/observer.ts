@@ -68,3 +68,59 @@ export const noopObserver: ProxyObserver = {
   handshakeFailed: () => undefined,
   sessionClosed: () => undefined,
 };
+
+/** Why a client found no warm session (listeners[].prewarm). */
+export type PrewarmMiss =
+  /** The client's (user, database) is neither configured nor learned. */
+  | 'no_key'
+  /** No ready session for the key (all handed out or still logging in). */
+  | 'empty'
+  /** Replication, a startup option that cannot be set after login, or startup parameters the session cannot reach. */
+  | 'startup'
+  /** Another protocol version than the warm session's. */
+  | 'protocol'
+  /** MySQL: capability flags or character set differ from the warm session's. */
+  | 'capabilities'
+  /** The server refused applying the client's parameters (SET / COM_INIT_DB). */
+  | 'apply_failed';
+
+/** Why a warm session was closed without being handed out. */
+export type PrewarmDiscard =
+  /** Older than prewarm.maxAgeSeconds. */
+  | 'max_age'
+  /** The server closed it, or sent something, while it was idle. */
+  | 'closed'
+  /** Found dead at hand-out. */
+  | 'dead'
+  /** Its learned key was dropped (least recently used, or its logins kept failing). */
+  | 'evicted'
+  /** Applying the client's parameters failed after it was taken. */
+  | 'apply_failed'
+  /** The listener closed or was replaced. */
+  | 'shutdown';
+
+/**
+ * Events of the warm-session pool (src/proxy/prewarm.ts). `key` is a label from the
+ * configuration (`user/database`) or `learned` for every learned key.
+ */
+export interface PrewarmObserver {
+  /** Ready sessions for the key label now. */
+  prewarmReady(listener: string, key: string, ready: number): void;
+  /** A warm session went to a client. */
+  prewarmHandedOut(listener: string, key: string): void;
+  /** A client got a fresh login instead of a warm session. */
+  prewarmMissed(listener: string, key: string, reason: PrewarmMiss): void;
+  /** A warm session was closed unused. */
+  prewarmDiscarded(listener: string, key: string, reason: PrewarmDiscard): void;
+  /** A refill login failed (the key backs off). */
+  prewarmLoginFailed(listener: string, key: string): void;
+}
+
+/** Observes no pool events. */
+export const noopPrewarmObserver: PrewarmObserver = {
+  prewarmReady: () => undefined,
+  prewarmHandedOut: () => undefined,
+  prewarmMissed: () => undefined,
+  prewarmDiscarded: () => undefined,
+  prewarmLoginFailed: () => undefined,
+};

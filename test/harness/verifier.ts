@@ -37,6 +37,8 @@ export interface VerifierOptions {
   maxSkewSeconds?: number;
   /** Milliseconds since the epoch; default Date.now. */
   now?: () => number;
+  /** Answer each check this many milliseconds late, like a database whose token check is slow. Default 0. */
+  delayMs?: number;
 }
 
 export interface VerifierEntry {
@@ -52,6 +54,8 @@ export interface VerifierEntry {
 export interface Verifier {
   entries: VerifierEntry[];
   socketPath: string;
+  /** Delay of each answer, milliseconds; may be changed while running. */
+  delayMs: number;
   close(): Promise<void>;
 }
 
@@ -152,7 +156,9 @@ export function verifyToken(token: string, user: string, o: Omit<VerifierOptions
  */
 export async function startVerifier(o: VerifierOptions): Promise<Verifier> {
   const entries: VerifierEntry[] = [];
-  const server = net.createServer((socket) => {
+  const self = { delayMs: o.delayMs ?? 0 } as Verifier;
+  // Half-open: the module shuts down its side after the request, and a delayed answer must still go out.
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
     const chunks: Buffer[] = [];
     let size = 0;
     socket.setTimeout(10_000, () => socket.destroy());
@@ -178,7 +184,9 @@ export async function startVerifier(o: VerifierOptions): Promise<Verifier> {
         tokenLength: Buffer.byteLength(token),
         tokenSha256: createHash('sha256').update(token).digest('hex'),
       });
-      socket.end(verdict.ok ? 'OK\n' : `DENY ${verdict.reason}\n`);
+      const answer = verdict.ok ? 'OK\n' : `DENY ${verdict.reason}\n`;
+      if (self.delayMs > 0) setTimeout(() => socket.end(answer), self.delayMs);
+      else socket.end(answer);
     });
   });
   await fs.rm(o.socketPath, { force: true });
@@ -193,12 +201,13 @@ export async function startVerifier(o: VerifierOptions): Promise<Verifier> {
   const dir = path.dirname(o.socketPath);
   const mode = (await fs.stat(dir)).mode & 0o7777;
   if ((mode & 0o011) !== 0o011) await fs.chmod(dir, mode | 0o011);
-  return {
+  Object.assign(self, {
     entries,
     socketPath: o.socketPath,
     close: async () => {
       await new Promise<void>((resolve) => server.close(() => resolve()));
       await fs.rm(o.socketPath, { force: true });
     },
-  };
+  });
+  return self;
 }

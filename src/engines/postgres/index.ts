@@ -17,6 +17,7 @@ import { refusedLoginHint } from '../../credentials/hints';
 import { authenticateClient, LocalUsers, readClientStartup } from './downstream';
 import { connectTls, login, sendCancel, type UpstreamSession, type UpstreamTarget } from './upstream';
 import { errorResponse, fatal, Field, PROTOCOL_3_0 } from './wire';
+import { PgPrewarm, type PgPrewarmDeps } from './warm';
 
 /** SQLSTATE for each proxy error code (https://www.postgresql.org/docs/current/errcodes-appendix.html). */
 export const SQLSTATE: Record<ErrorCode, string> = {
@@ -54,6 +55,8 @@ export class CancelRegistry {
 /** A Postgres listener's options: the common ones plus the process-wide cancel registry. */
 export interface PostgresEngineOptions extends EngineOptions {
   cancels: CancelRegistry;
+  /** Login gate, metrics and log for the warm-session pool (used when listeners[].prewarm is set). */
+  prewarm?: PgPrewarmDeps;
 }
 
 /** The Postgres engine for one listener. */
@@ -64,6 +67,21 @@ export class PostgresEngine implements Engine {
   constructor(readonly options: PostgresEngineOptions) {
     this.target = upstreamTargetFor(options.listener, options.dialer, options.upstreamCa);
     this.users = new LocalUsers(options.localUsers);
+    this.warm =
+      options.listener.prewarm && options.prewarm
+        ? new PgPrewarm(options.listener, this.target, options.secrets, options.prewarm)
+        : undefined;
+  }
+
+  /** Warm upstream sessions (listeners[].prewarm); undefined when off. */
+  readonly warm: PgPrewarm | undefined;
+
+  start(): void {
+    this.warm?.start();
+  }
+
+  close(): void {
+    this.warm?.close();
   }
 
   accept(client: net.Socket, ctx: HandshakeContext): PostgresHandshake {
@@ -145,9 +163,12 @@ class PostgresHandshake extends EngineHandshake {
       k === 'user' ? upstreamUser : k === 'database' && l.upstream.database ? l.upstream.database : v,
     ]);
     if (l.upstream.database && !params.has('database')) mapped.push(['database', l.upstream.database]);
-    const session = await this.withLease(e.options.secrets, e.tokenRequest(upstreamUser), (lease) =>
-      this.loginUpstream(start.version, mapped, upstreamUser, lease),
-    );
+    const session =
+      (await this.takeWarm(user, params.get('database') ?? user, start.version, start.params)) ??
+      (await this.withLease(e.options.secrets, e.tokenRequest(upstreamUser), (lease) =>
+        this.loginUpstream(start.version, mapped, upstreamUser, lease),
+      ));
+    e.warm?.learn(user, params.get('database') ?? user, start.version, start.params);
     if (start.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
     this.info.serverConnectionId = session.backendKey?.pid;
@@ -162,6 +183,21 @@ class PostgresHandshake extends EngineHandshake {
       upstreamLeftover: session.leftover,
       ...(forget ? { onClose: forget } : {}),
     };
+  }
+
+  /** A pre-warmed upstream session with this client's settings applied (listeners[].prewarm), or undefined. */
+  private async takeWarm(
+    user: string,
+    database: string,
+    version: number,
+    params: [string, string][],
+  ): Promise<UpstreamSession | undefined> {
+    const own = (s: Parameters<typeof this.own>[0]): void => void this.own(s);
+    const w = await this.engine.warm?.take(user, database, version, params, this.signal, own, this.log);
+    if (!w) return undefined;
+    this.info.prewarmed = true;
+    this.info.tlsCipher = w.socket.getCipher()?.name;
+    return w;
   }
 
   /** One upstream login: dial, SSLRequest, verify-full TLS, then the startup and auth exchange. */

@@ -1,0 +1,377 @@
+/**
+ * Pre-warmed upstream logins (listeners[].prewarm): an engine-independent pool of upstream
+ * sessions logged in ahead of time, each handed to exactly one client and never reused.
+ *
+ * Keys are (user, database) as the client names them: given in the config, or learned from
+ * recent successful logins (at most `learn`, least recently used dropped first). Each key keeps
+ * `size` sessions ready; a ready session is closed and replaced after `maxAgeSeconds`, or at once
+ * when the server closes it or sends anything while it is idle. Refills take a slot from the
+ * same LoginGate as clients (limits.loginsPerSecond) and back off exponentially (1 s .. 60 s)
+ * while logins fail. The engine supplies the wire work (`PrewarmBackend`) and decides whether a
+ * ready session fits a client (`take`'s `fit`).
+ */
+import type { Logger } from '../log';
+import { onAbort, untilAborted } from '../abort';
+import { asProxyError } from '../errors';
+import type { LoginGate } from './limits';
+import { noopPrewarmObserver, type PrewarmDiscard, type PrewarmMiss, type PrewarmObserver } from './observer';
+
+/** The `prewarm` section of a listener. */
+export interface PrewarmSettings {
+  /** Sessions kept ready per key. */
+  size: number;
+  /** Keys given in the config; database absent = the engine's default for the user. */
+  keys: { user: string; database?: string | undefined }[];
+  /** How many keys to learn from recent logins (0 = none). */
+  learn: number;
+  /** A ready session unused this long is closed and replaced, seconds. */
+  maxAgeSeconds: number;
+}
+
+/** Who a warm session is logged in as, plus what the engine needs to reproduce a client's startup. */
+export interface WarmKey<P> {
+  user: string;
+  database: string;
+  /** Engine-defined startup profile (e.g. Postgres startup parameters), updated from each client. */
+  profile: P;
+}
+
+/** The engine's side of the pool. */
+export interface PrewarmBackend<S, P> {
+  /** Logs one session in for `key`; rejects on any failure. Aborting `signal` must end it. */
+  open(key: WarmKey<P>, signal: AbortSignal): Promise<S>;
+  /**
+   * Watches an idle session: calls `onDeath` once if the server closes it or sends anything.
+   * Returns a function that stops watching (before a hand-out).
+   */
+  watch(s: S, onDeath: () => void): () => void;
+  /** True while the session may be handed out (socket open, nothing buffered). */
+  alive(s: S): boolean;
+  close(s: S): void;
+}
+
+/** What a pool is built with. */
+export interface PrewarmOptions<S, P> {
+  listener: string;
+  settings: PrewarmSettings;
+  backend: PrewarmBackend<S, P>;
+  /** The process's login rate limit; absent = unlimited. */
+  gate?: LoginGate | undefined;
+  observer?: PrewarmObserver | undefined;
+  log: Logger;
+  /** Engine default for a key without a database (Postgres: the user). */
+  defaultDatabase: (user: string) => string;
+  /** The profile of a configured key before any client has been seen. */
+  initialProfile: P;
+  /** Refill logins in flight at once per pool. Default 2. */
+  concurrency?: number;
+}
+
+/** The label of every learned key in metrics: labels come only from the configuration. */
+export const LEARNED_LABEL = 'learned';
+
+const BACKOFF_MIN_MS = 1_000;
+const BACKOFF_MAX_MS = 60_000;
+/** A learned key whose logins keep failing is forgotten after this many in a row. */
+const LEARNED_MAX_FAILURES = 5;
+
+interface Ready<S> {
+  session: S;
+  unwatch: () => void;
+  timer: NodeJS.Timeout;
+}
+
+interface KeyState<S, P> {
+  id: string;
+  key: WarmKey<P>;
+  label: string;
+  learned: boolean;
+  ready: Ready<S>[];
+  opening: number;
+  failures: number;
+  /** performance.now() before which no refill starts (backoff). */
+  retryAt: number;
+}
+
+/** A ready session handed out, with what the engine's `fit` made of it. */
+export interface Taken<S, T> {
+  session: S;
+  fit: T;
+}
+
+/**
+ * The pool for one listener. `start()` begins filling; `take()` hands a session out (or counts a
+ * miss); `learn()` records a successful login's key; `close()` closes everything.
+ */
+export class PrewarmPool<S, P> {
+  private readonly keys = new Map<string, KeyState<S, P>>();
+  private readonly observer: PrewarmObserver;
+  private readonly concurrency: number;
+  private inFlight = 0;
+  private closed = false;
+  private started = false;
+  private readonly controller = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: PrewarmOptions<S, P>) {
+    this.observer = o.observer ?? noopPrewarmObserver;
+    this.concurrency = o.concurrency ?? 2;
+    for (const k of o.settings.keys) {
+      const database = k.database ?? o.defaultDatabase(k.user);
+      const id = keyId(k.user, database);
+      if (this.keys.has(id)) continue;
+      this.keys.set(id, {
+        id,
+        key: { user: k.user, database, profile: o.initialProfile },
+        label: `${k.user}/${database}`,
+        learned: false,
+        ready: [],
+        opening: 0,
+        failures: 0,
+        retryAt: 0,
+      });
+    }
+  }
+
+  /** Starts filling every configured key. */
+  start(): void {
+    if (this.closed || this.started) return;
+    this.started = true;
+    for (const s of this.keys.values()) this.report(s);
+    this.pump();
+  }
+
+  /** Ready sessions for (user, database). */
+  readyCount(user: string, database: string): number {
+    return this.keys.get(keyId(user, database))?.ready.length ?? 0;
+  }
+
+  /** The current profile of (user, database), if the key is known. */
+  profile(user: string, database: string): P | undefined {
+    return this.keys.get(keyId(user, database))?.key.profile;
+  }
+
+  /** The keys known now (configured, then learned in least-recently-used order). */
+  knownKeys(): WarmKey<P>[] {
+    return [...this.keys.values()].map((s) => s.key);
+  }
+
+  /**
+   * Hands out the oldest ready session for (user, database) that is alive and that `fit`
+   * accepts, or undefined on a miss, which is counted by reason. `fit` returns `{ miss }` to
+   * leave a session in the pool; anything else is handed back with the session. Dead sessions
+   * found on the way are discarded. The caller owns the session from then on.
+   */
+  take<T>(user: string, database: string, fit: (s: S) => T | { miss: PrewarmMiss }): Taken<S, T> | undefined {
+    const state = this.keys.get(keyId(user, database));
+    if (!state || this.closed) {
+      this.observer.prewarmMissed(this.o.listener, this.labelFor(state), 'no_key');
+      return undefined;
+    }
+    let reason: PrewarmMiss = 'empty';
+    for (let i = 0; i < state.ready.length;) {
+      const r = state.ready[i] as Ready<S>;
+      if (!this.o.backend.alive(r.session)) {
+        this.drop(state, r, 'dead');
+        continue;
+      }
+      const f = fit(r.session);
+      if (isMiss(f)) {
+        reason = f.miss;
+        i++;
+        continue;
+      }
+      state.ready.splice(i, 1);
+      clearTimeout(r.timer);
+      r.unwatch();
+      this.observer.prewarmHandedOut(this.o.listener, state.label);
+      this.report(state);
+      this.pump();
+      return { session: r.session, fit: f };
+    }
+    this.observer.prewarmMissed(this.o.listener, state.label, reason);
+    return undefined;
+  }
+
+  /** Counts a miss the engine found after `take` (e.g. a SET the server refused), closing the session. */
+  spoilt(user: string, database: string, s: S, reason: PrewarmDiscard, miss: PrewarmMiss): void {
+    const label = this.labelFor(this.keys.get(keyId(user, database)));
+    this.o.backend.close(s);
+    this.observer.prewarmDiscarded(this.o.listener, label, reason);
+    this.observer.prewarmMissed(this.o.listener, label, miss);
+  }
+
+  /**
+   * Records a successful client login for (user, database) with its startup `profile`: refills
+   * of a known key use it from now on; an unknown key is learned when `learn` > 0 (the least
+   * recently used learned key is dropped beyond that).
+   */
+  learn(user: string, database: string, profile: P): void {
+    if (this.closed) return;
+    const id = keyId(user, database);
+    const known = this.keys.get(id);
+    if (known) {
+      known.key = { ...known.key, profile };
+      if (known.learned) {
+        this.keys.delete(id); // re-insert: most recently used last
+        this.keys.set(id, known);
+      }
+      return;
+    }
+    if (this.o.settings.learn <= 0) return;
+    const state: KeyState<S, P> = {
+      id,
+      key: { user, database, profile },
+      label: LEARNED_LABEL,
+      learned: true,
+      ready: [],
+      opening: 0,
+      failures: 0,
+      retryAt: 0,
+    };
+    this.keys.set(id, state);
+    const learned = [...this.keys.values()].filter((s) => s.learned);
+    for (const old of learned.slice(0, Math.max(0, learned.length - this.o.settings.learn)))
+      this.forget(old, 'evicted');
+    this.o.log.info({ user, database }, 'prewarm: learned a key');
+    if (this.started) this.pump();
+  }
+
+  /** Closes every ready session and stops refilling; logins in flight are aborted. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.controller.abort();
+    if (this.timer) clearTimeout(this.timer);
+    for (const s of this.keys.values()) {
+      for (const r of [...s.ready]) this.drop(s, r, 'shutdown');
+      this.observer.prewarmReady(this.o.listener, s.label, 0);
+    }
+  }
+
+  private forget(state: KeyState<S, P>, reason: PrewarmDiscard): void {
+    this.keys.delete(state.id);
+    for (const r of [...state.ready]) this.drop(state, r, reason);
+    this.report(state);
+  }
+
+  private drop(state: KeyState<S, P>, r: Ready<S>, reason: PrewarmDiscard): void {
+    const i = state.ready.indexOf(r);
+    if (i >= 0) state.ready.splice(i, 1);
+    clearTimeout(r.timer);
+    r.unwatch();
+    this.o.backend.close(r.session);
+    this.observer.prewarmDiscarded(this.o.listener, state.label, reason);
+    this.report(state);
+  }
+
+  /** Starts refills where keys are short, as far as concurrency and backoff allow. */
+  private pump(): void {
+    if (this.closed || !this.started) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    const now = performance.now();
+    let nextRetry = Infinity;
+    for (const state of this.keys.values()) {
+      while (this.inFlight < this.concurrency && state.ready.length + state.opening < this.o.settings.size) {
+        if (state.retryAt > now) {
+          nextRetry = Math.min(nextRetry, state.retryAt);
+          break;
+        }
+        void this.refill(state);
+      }
+    }
+    if (nextRetry !== Infinity)
+      this.timer = setTimeout(() => this.pump(), Math.max(1, nextRetry - now)).unref();
+  }
+
+  private async refill(state: KeyState<S, P>): Promise<void> {
+    state.opening++;
+    this.inFlight++;
+    try {
+      await this.loginSlot();
+      if (this.closed) return;
+      const session = await this.o.backend.open(state.key, this.controller.signal);
+      // The key was dropped (evicted) or the pool closed while logging in: the session is not needed.
+      if (this.closed || this.keys.get(state.id) !== state) {
+        this.o.backend.close(session);
+        return;
+      }
+      state.failures = 0;
+      state.retryAt = 0;
+      this.addReady(state, session);
+    } catch (err) {
+      if (this.closed) return;
+      state.failures++;
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (state.failures - 1));
+      state.retryAt = performance.now() + delay;
+      const e = asProxyError(err);
+      this.o.log.warn(
+        { user: state.key.user, database: state.key.database, code: e.code, retryInMs: delay },
+        `prewarm login failed: ${e.message}`,
+      );
+      this.observer.prewarmLoginFailed(this.o.listener, state.label);
+      if (state.learned && state.failures >= LEARNED_MAX_FAILURES && this.keys.get(state.id) === state)
+        this.forget(state, 'evicted');
+    } finally {
+      // Counted as opening until it is in `ready`, so pump() never starts one too many.
+      state.opening--;
+      this.inFlight--;
+      this.pump();
+    }
+  }
+
+  private addReady(state: KeyState<S, P>, session: S): void {
+    const r: Ready<S> = {
+      session,
+      unwatch: () => undefined,
+      timer: setTimeout(() => {
+        this.drop(state, r, 'max_age');
+        this.pump();
+      }, this.o.settings.maxAgeSeconds * 1000).unref(),
+    };
+    r.unwatch = this.o.backend.watch(session, () => {
+      if (!state.ready.includes(r)) return;
+      this.drop(state, r, 'closed');
+      this.pump();
+    });
+    state.ready.push(r);
+    this.report(state);
+  }
+
+  /** Waits for a login slot like a client would; a full queue waits a second and asks again. */
+  private async loginSlot(): Promise<void> {
+    const gate = this.o.gate;
+    if (!gate) return;
+    for (;;) {
+      if (this.closed) return;
+      const ticket = gate.acquire();
+      if (ticket) {
+        if (ticket.isGranted) return;
+        const stop = onAbort(this.controller.signal, () => ticket.cancel());
+        await untilAborted(ticket.granted, this.controller.signal).finally(stop);
+        return;
+      }
+      await new Promise((r) => setTimeout(r, BACKOFF_MIN_MS).unref());
+    }
+  }
+
+  /** Sets the ready gauge of `state`'s label (learned keys are summed into one value). */
+  private report(state: KeyState<S, P>): void {
+    let n = 0;
+    for (const s of this.keys.values()) if (s.label === state.label) n += s.ready.length;
+    this.observer.prewarmReady(this.o.listener, state.label, n);
+  }
+
+  private labelFor(state: KeyState<S, P> | undefined): string {
+    return state ? state.label : LEARNED_LABEL;
+  }
+}
+
+function keyId(user: string, database: string): string {
+  return JSON.stringify([user, database]);
+}
+
+function isMiss(v: unknown): v is { miss: PrewarmMiss } {
+  return typeof v === 'object' && v !== null && 'miss' in v;
+}
