@@ -1,0 +1,123 @@
+/**
+ * Connect time with and without prewarm (issue 14), IAM path, Postgres: `pgbench -n -C` (a new
+ * connection per transaction) running `select 1`, directly to the RDS-like server with a token
+ * as password, and through the proxy without and with `prewarm`. The proxy runs in this process
+ * (like the token verifier), so the numbers compare the three paths on the same machine, not
+ * absolute RDS latencies. `verifierDelayMs` makes the database's token check slow.
+ *
+ * Run alone: `npm run build && node dist/bench/prewarm.js [transactions] [verifierDelayMs]`.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startProxy } from '../src/app';
+import { validateConfig } from '../src/config/load';
+import { IamTokenMinter } from '../src/credentials/tokens';
+import { createLogger } from '../src/log';
+import { startRdsLikePostgres } from '../test/harness/pg';
+import { testCredentials } from '../test/harness/proxy';
+import { signToken, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY } from '../test/harness/sign';
+import { runProgram } from './util';
+
+/** Mean connection time per path, milliseconds, as pgbench reports it. */
+export interface PrewarmConnectResult {
+  transactions: number;
+  verifierDelayMs: number;
+  directMs: number;
+  proxyMs: number;
+  prewarmMs: number;
+  /** prewarmMs / directMs (the issue's target: <= 0.2). */
+  ratio: number;
+}
+
+async function pgbenchConnectMs(
+  conn: string,
+  transactions: number,
+  env: NodeJS.ProcessEnv,
+  script: string,
+): Promise<number> {
+  const r = await runProgram('pgbench', ['-n', '-C', '-t', String(transactions), '-f', script, conn], {
+    env,
+  });
+  const m = /average connection time = ([\d.]+) ms/.exec(r.stdout);
+  if (r.code !== 0 || !m) throw new Error(`pgbench failed (${String(r.code)}): ${r.stderr || r.stdout}`);
+  return Number(m[1]);
+}
+
+/** Measures the three paths; `transactions` new connections each. */
+export async function benchPrewarmConnect(
+  transactions = 50,
+  verifierDelayMs = 0,
+): Promise<PrewarmConnectResult> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'bench-prewarm-'));
+  const script = path.join(dir, 'select1.sql');
+  await fs.writeFile(script, 'select 1;\n');
+  const db = await startRdsLikePostgres({ users: ['alice'] });
+  db.verifier.delayMs = verifierDelayMs;
+  const upstream = { host: db.host, port: db.port, address: db.address, tls: { ca: db.caFile } };
+  const config = validateConfig({
+    log: { level: 'warn', format: 'json' },
+    listeners: [
+      { name: 'cold', engine: 'postgres', listen: '127.0.0.1:0', upstream, client: { tls: 'off' } },
+      {
+        name: 'warm',
+        engine: 'postgres',
+        listen: '127.0.0.1:0',
+        upstream,
+        client: { tls: 'off' },
+        // Enough ready sessions that refills keep up with pgbench's serial connects.
+        prewarm: { size: 4, keys: [{ user: 'alice', database: 'appdb' }] },
+      },
+    ],
+  });
+  const log = createLogger({ level: 'warn', format: 'json', destination: process.stderr });
+  const app = await startProxy(config, { log, minter: new IamTokenMinter(testCredentials()) });
+  try {
+    const port = (name: string): number => {
+      const l = app.listeners.find((x) => x.name === name);
+      if (!l) throw new Error(`no listener ${name}`);
+      return l.port();
+    };
+    const token = signToken({
+      host: db.host,
+      port: db.port,
+      user: 'alice',
+      region: db.region,
+      accessKeyId: TEST_ACCESS_KEY_ID,
+      secretAccessKey: TEST_SECRET_ACCESS_KEY,
+    });
+    const direct = `host=127.0.0.1 port=${db.port} user=alice dbname=appdb sslmode=require`;
+    const local = (p: number): string => `host=127.0.0.1 port=${p} user=alice dbname=appdb sslmode=disable`;
+    // Let the pool fill before measuring.
+    await new Promise((r) => setTimeout(r, 1000 + 4 * verifierDelayMs));
+    const directMs = await pgbenchConnectMs(direct, transactions, { PGPASSWORD: token }, script);
+    const proxyMs = await pgbenchConnectMs(local(port('cold')), transactions, {}, script);
+    const prewarmMs = await pgbenchConnectMs(local(port('warm')), transactions, {}, script);
+    return {
+      transactions,
+      verifierDelayMs,
+      directMs,
+      proxyMs,
+      prewarmMs,
+      ratio: Math.round((prewarmMs / directMs) * 1000) / 1000,
+    };
+  } finally {
+    await app.close();
+    await db.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+if (require.main === module) {
+  const [t, d] = process.argv.slice(2).map(Number);
+  benchPrewarmConnect(t || 50, d || 0).then(
+    (r) => {
+      console.log(JSON.stringify(r));
+      process.exit(0);
+    },
+    (err: unknown) => {
+      console.error(err);
+      process.exit(1);
+    },
+  );
+}
