@@ -4,11 +4,12 @@
  * (connectionOpened, handshakeCompleted, ...). Names follow Prometheus conventions: prefix
  * `rds_iam_proxy_`, counters end in `_total`, durations are `_seconds`, timestamps are
  * `_timestamp_seconds` (Unix time). Nothing here runs per spliced chunk: byte counts are read
- * from the sockets once, when a session closes.
+ * from the client sockets' own counters at scrape time and once more when a session closes.
  */
 import client from 'prom-client';
 import type { PhaseTimings } from '../proxy/engine';
 import type {
+  ByteCounts,
   CloseReason,
   ConnectionOutcome,
   LimitName,
@@ -85,11 +86,33 @@ const sessionsClosed = new client.Counter({
   labelNames: ['listener', 'reason'],
   registers,
 });
-const bytesTotal = new client.Counter({
+/** Spliced sessions still open -> the bytes of each already added to rds_iam_proxy_bytes_total. */
+const openSessions = new Map<ByteCounts, { listener: string; fromClient: number; toClient: number }>();
+
+/** Adds what a session moved since it was last counted (counters only grow). */
+function countBytes(
+  s: { listener: string; fromClient: number; toClient: number },
+  fromClient: number,
+  toClient: number,
+): void {
+  if (fromClient > s.fromClient) {
+    bytesTotal.inc({ listener: s.listener, direction: 'upstream' }, fromClient - s.fromClient);
+    s.fromClient = fromClient;
+  }
+  if (toClient > s.toClient) {
+    bytesTotal.inc({ listener: s.listener, direction: 'downstream' }, toClient - s.toClient);
+    s.toClient = toClient;
+  }
+}
+
+const bytesTotal: client.Counter = new client.Counter({
   name: 'rds_iam_proxy_bytes_total',
-  help: 'Bytes on the client socket of spliced sessions, counted at close: direction upstream = from the client, downstream = to the client',
+  help: 'Bytes on the client socket of spliced sessions, live (read from the sockets at each scrape): direction upstream = from the client, downstream = to the client',
   labelNames: ['listener', 'direction'],
   registers,
+  collect() {
+    for (const [socket, s] of openSessions) countBytes(s, socket.bytesRead, socket.bytesWritten);
+  },
 });
 const limitRejections = new client.Counter({
   name: 'rds_iam_proxy_limit_rejections_total',
@@ -245,16 +268,25 @@ export const metrics = {
     if (UPSTREAM_CODES.has(err.code))
       upstreamLoginFailures.inc({ listener, code: err.code, server_code: serverCode(err) });
   },
-  /** A spliced session ended; bytes are the client socket's totals, read once at close. */
+  /** A session was spliced: its client socket's counters are read at each scrape until it closes. */
+  sessionSpliced(listener: string, socket: ByteCounts): void {
+    openSessions.set(socket, { listener, fromClient: 0, toClient: 0 });
+  },
+  /**
+   * A spliced session ended; bytes are the client socket's totals. What scrapes already counted
+   * for `socket` (as given to sessionSpliced) is not counted again.
+   */
   sessionClosed(
     listener: string,
     reason: CloseReason,
     bytes: { fromClient: number; toClient: number },
     durationMs: number,
+    socket?: ByteCounts,
   ): void {
     sessionsClosed.inc({ listener, reason });
-    bytesTotal.inc({ listener, direction: 'upstream' }, bytes.fromClient);
-    bytesTotal.inc({ listener, direction: 'downstream' }, bytes.toClient);
+    const open = socket ? openSessions.get(socket) : undefined;
+    if (socket) openSessions.delete(socket);
+    countBytes(open ?? { listener, fromClient: 0, toClient: 0 }, bytes.fromClient, bytes.toClient);
     sessionSeconds.observe({ listener }, durationMs / 1000);
   },
   /** Connections now waiting for a login slot. */

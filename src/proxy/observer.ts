@@ -46,15 +46,27 @@ export interface ProxyObserver {
   loginWaited(ms: number): void;
   /** Logged in upstream; timings and the total in milliseconds. */
   handshakeCompleted(listener: string, timings: PhaseTimings, totalMs: number): void;
+  /**
+   * A session was spliced: `client` is its client socket, whose own byte counters metrics read
+   * at scrape time (nothing is counted per chunk). sessionClosed ends it.
+   */
+  sessionSpliced(listener: string, client: ByteCounts): void;
   /** The handshake failed with `err`. */
   handshakeFailed(listener: string, err: ProxyError): void;
-  /** A spliced session ended; bytes are the client socket's totals. */
+  /** A spliced session ended; bytes are the client socket's totals; `client` as given to sessionSpliced. */
   sessionClosed(
     listener: string,
     reason: CloseReason,
     bytes: { fromClient: number; toClient: number },
     durationMs: number,
+    client?: ByteCounts,
   ): void;
+}
+
+/** A socket's own byte counters (net.Socket bytesRead / bytesWritten). */
+export interface ByteCounts {
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
 }
 
 /** Observes nothing: the default where no metrics are wanted. */
@@ -65,6 +77,7 @@ export const noopObserver: ProxyObserver = {
   limitRejected: () => undefined,
   loginWaited: () => undefined,
   handshakeCompleted: () => undefined,
+  sessionSpliced: () => undefined,
   handshakeFailed: () => undefined,
   sessionClosed: () => undefined,
 };

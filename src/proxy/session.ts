@@ -192,6 +192,7 @@ export class Session {
     const handshakeMs = elapsed(this.started);
     log.info({ ...withoutIdentity(conn.info), timings: conn.timings, ms: handshakeMs }, 'logged in');
     opts.observer.handshakeCompleted(opts.listener, conn.timings, handshakeMs);
+    opts.observer.sessionSpliced(opts.listener, client);
     const { downstream, upstream } = result;
     // A shutdown that raced the end of the handshake has aborted the signal: the splice ends at once.
     const end = await splice(downstream, upstream, result.downstreamLeftover, result.upstreamLeftover, {
@@ -211,7 +212,7 @@ export class Session {
       },
       'closed',
     );
-    opts.observer.sessionClosed(opts.listener, end.reason, bytes, durationMs);
+    opts.observer.sessionClosed(opts.listener, end.reason, bytes, durationMs, client);
     return { outcome: 'spliced' };
   }
 
