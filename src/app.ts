@@ -2,18 +2,18 @@ import { isDeepStrictEqual } from 'node:util';
 import type { Config, Listener } from './config/schema';
 import { readSecret } from './config/secrets';
 import { scrubSecrets, type Logger } from './log';
-import { type Dialer, loadUpstreamCa, tcpDialer } from './net/dial';
+import { type Dialer, loadUpstreamCa, tcpDialer, upstreamTargetFor } from './net/dial';
 import { LocalTls } from './net/localTls';
 import { type TokenMinter, type TokenSource, tokenRequestFor } from './credentials/tokens';
 import { CredentialsHub } from './credentials/hub';
-import { CancelRegistry, PostgresEngine } from './engines/postgres';
+import { CancelRegistry, PostgresEngine, probeUpstream as postgresProbe } from './engines/postgres';
 import type { PgPrewarmDeps } from './engines/postgres/warm';
-import { MysqlEngine } from './engines/mysql';
-import type { Engine } from './proxy/engine';
+import { MysqlEngine, probeUpstream as mysqlProbe } from './engines/mysql';
+import type { Engine, ProbeSession, UpstreamProbe } from './proxy/engine';
 import { ProxyListener } from './proxy/listener';
 import { ConnectionLimits, LoginGate } from './proxy/limits';
 import { metrics, setClockSkew, setCredentialsExpiry } from './admin/metrics';
-import { ErrorCode, ProxyError } from './errors';
+import { asProxyError, ErrorCode, ProxyError } from './errors';
 
 /** Outside dependencies, injectable for tests; real ones by default. */
 export interface AppDeps {
@@ -33,6 +33,8 @@ export interface ProxyApp {
   readonly config: Config;
   /** Open connections, including those on listeners replaced or removed by a reload. */
   connections(): number;
+  /** Tokens cached across every credentials identity (bounded by tokens.cacheSize each). */
+  cachedTokens(): number;
   /** Closes every listening socket; sessions continue. */
   stopAccepting(): Promise<void>;
   /** Resolves when no connection is open on any listener, old or current. */
@@ -70,6 +72,53 @@ export interface ListenerReadiness {
 export const READINESS_CACHE_MS = 5_000;
 /** The database user a readiness check signs a token for when the listener has no fixed upstream.user. */
 export const READINESS_PROBE_USER = 'rds_iam_proxy_readyz';
+
+/** Each engine's doctor probe: dial, verified TLS, then a login on request. */
+const PROBES: Record<Listener['engine'], UpstreamProbe> = { postgres: postgresProbe, mysql: mysqlProbe };
+
+/**
+ * One database check for /readyz: the engine's probe (dial, verify-full TLS), then a login with
+ * a token from the listener's source as upstream.user, else readiness.user; with neither, TLS is
+ * as far as it goes. Bounded by the listener's handshakeTimeoutMs. Undefined = ok, else the reason.
+ */
+async function probeDatabase(
+  l: Listener,
+  shared: Shared,
+  fallbackUser?: string,
+): Promise<string | undefined> {
+  const user = l.upstream.user ?? fallbackUser;
+  const controller = new AbortController();
+  let session: ProbeSession | undefined;
+  const check = async (): Promise<undefined> => {
+    const target = upstreamTargetFor(l, shared.dialer, loadUpstreamCa(l.upstream.tls.ca));
+    session = await PROBES[l.engine](target, user ?? READINESS_PROBE_USER, l.upstream.database);
+    if (controller.signal.aborted) return undefined;
+    if (user === undefined) return undefined;
+    const lease = shared.credentials.sourceFor(l).lease(tokenRequestFor(l, user));
+    try {
+      await session.login(await lease.secret);
+    } catch (err) {
+      if (asProxyError(err).code === ErrorCode.UpstreamAuth) lease.refused();
+      throw err;
+    }
+    return undefined;
+  };
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      controller.abort();
+      reject(new ProxyError(ErrorCode.UpstreamUnreachable, `no login within ${l.handshakeTimeoutMs} ms`));
+    }, l.handshakeTimeoutMs);
+  });
+  try {
+    return await Promise.race([check(), deadline]);
+  } catch (err) {
+    return `database: ${scrubSecrets(asProxyError(err).message)}`;
+  } finally {
+    clearTimeout(timer);
+    session?.close();
+  }
+}
 
 /** Builds the engine for a listener; throws ProxyError(Config) for unusable settings. */
 function buildEngine(
@@ -124,7 +173,25 @@ interface Entry {
   engine: Engine;
   /** Cached result of the last secret-source check: undefined = ok, else the reason. */
   probe?: { at: number; result: Promise<string | undefined> };
+  /** The last database check (readiness.checkDatabase), shared by probes while in flight. */
+  dbCheck?: { at: number; result: Promise<string | undefined> };
   shared: Shared;
+}
+
+/** The `user` label of token metrics for a user the configuration does not name. */
+export const OTHER_USERS_LABEL = '(other)';
+
+/**
+ * Metric labels come only from the configuration: a user name a client chose (auth: trust)
+ * would make one series per name, so names the config does not mention are folded into one.
+ */
+function metricUser(cfg: Config): <T extends { user: string }>(req: T) => T {
+  const named = new Set<string>([READINESS_PROBE_USER]);
+  for (const l of cfg.listeners) {
+    if (l.upstream.user !== undefined) named.add(l.upstream.user);
+    for (const u of l.client.users) named.add(u.name);
+  }
+  return (req) => (named.has(req.user) ? req : { ...req, user: OTHER_USERS_LABEL });
 }
 
 /** Starts every listener in `cfg`. On a bind failure the ones already started are closed. */
@@ -186,6 +253,10 @@ class App implements ProxyApp {
       this.log.info({ caFile: this.localTls.caPath }, 'local TLS CA written');
   }
 
+  cachedTokens(): number {
+    return this.shared.credentials.cachedTokens();
+  }
+
   connections(): number {
     let n = 0;
     for (const l of this.allListeners()) n += l.connections;
@@ -219,7 +290,8 @@ class App implements ProxyApp {
         const bound = e.listener.listening;
         const address = e.listener.address();
         if (!bound) return { listener: e.cfg.name, ready: false, bound, address, reason: 'not listening' };
-        const reason = await this.probe(e);
+        let reason = await this.probe(e);
+        if (reason === undefined && this.cfg.readiness.checkDatabase) reason = await this.checkDatabase(e);
         return {
           listener: e.cfg.name,
           ready: reason === undefined,
@@ -338,16 +410,17 @@ class App implements ProxyApp {
 
   private hub(cfg: Config): CredentialsHub {
     const deps = this.deps;
+    const labelled = metricUser(cfg);
     return new CredentialsHub(cfg, {
       log: deps.log,
       ...(deps.minter ? { minter: deps.minter } : {}),
       ...(deps.env ? { env: deps.env } : {}),
       events: {
         onMint: (req, token) => {
-          metrics.tokenMinted(req, token.expiresAt);
+          metrics.tokenMinted(labelled(req), token.expiresAt);
           setCredentialsExpiry(token.credentialsExpiresAt);
         },
-        onMintFailure: (req, _err, background) => metrics.tokenMintFailed(req, background),
+        onMintFailure: (req, _err, background) => metrics.tokenMintFailed(labelled(req), background),
       },
       onSkew: (s) => setClockSkew(s.offsetSeconds),
     });
@@ -374,6 +447,19 @@ class App implements ProxyApp {
   }
 
   /** Asks the listener's secret source for a secret (discarded at once), at most every READINESS_CACHE_MS. */
+  /**
+   * readiness.checkDatabase: a real TLS + login to the listener's database, started at most once
+   * per readiness.intervalSeconds per listener; concurrent probes share the one in flight.
+   */
+  private checkDatabase(e: Entry): Promise<string | undefined> {
+    const now = Date.now();
+    const r = this.cfg.readiness;
+    if (e.dbCheck && now - e.dbCheck.at < r.intervalSeconds * 1000) return e.dbCheck.result;
+    const result = probeDatabase(e.cfg, e.shared, r.user);
+    e.dbCheck = { at: now, result };
+    return result;
+  }
+
   private probe(e: Entry): Promise<string | undefined> {
     const now = Date.now();
     if (e.probe && now - e.probe.at < READINESS_CACHE_MS) return e.probe.result;

@@ -21,6 +21,11 @@ export const ErrorCode = {
   ClientProtocol: 'CLIENT_PROTOCOL',
   /** The client went away mid-handshake (a TCP health check, a killed app); nothing to send. */
   ClientGone: 'CLIENT_GONE',
+  /**
+   * The client's first bytes do not frame the protocol's first message (node-postgres sends
+   * Terminate when it connects and ends at once); closed without a reply, as the server does.
+   */
+  ClientUnframed: 'CLIENT_UNFRAMED',
   /** The client did not finish its handshake in time. */
   HandshakeTimeout: 'HANDSHAKE_TIMEOUT',
   /** A connection limit was reached. */
@@ -34,7 +39,10 @@ export const ErrorCode = {
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
-/** Fields of an error the upstream server sent, kept so the client sees the server's own words. */
+/**
+ * An error in the protocol's own terms: one the upstream server sent (kept so the client sees
+ * the server's own words), or one the proxy words as that server would (a name too long).
+ */
 export interface ServerError {
   /** Postgres SQLSTATE or MySQL SQLSTATE. */
   sqlState?: string;
@@ -145,6 +153,11 @@ export function logError(err: unknown): LoggedError {
     ...(serverCode ? { serverCode } : {}),
     ...(e.code === ErrorCode.Internal && typeof cause?.stack === 'string' ? { stack: cause.stack } : {}),
   };
+}
+
+/** True for failures the client gets no message for: it is gone, or the server would close silently. */
+export function closesSilently(err: ProxyError): boolean {
+  return err.code === ErrorCode.ClientGone || err.code === ErrorCode.ClientUnframed;
 }
 
 /** Process exit codes, in one place (sysexits-style where one fits). */

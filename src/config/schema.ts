@@ -191,6 +191,14 @@ export const Listener = z.strictObject({
   maxConnections: z.number().int().min(0).default(0),
   /** Pre-warmed upstream logins; absent = off. */
   prewarm: Prewarm.optional(),
+  /**
+   * MySQL only: handshakes that hold an upstream connection before their client has answered
+   * the greeting (the proxy dials first to mirror the server's greeting). Further clients wait
+   * in line, within handshakeTimeoutMs. Keep it well under the server's max_connections.
+   */
+  maxPendingHandshakes: z.number().int().positive().default(16),
+  /** MySQL only: time a client has to answer the greeting, milliseconds (then ERR 1159). */
+  greetingTimeoutMs: z.number().int().positive().default(5_000),
 });
 export type Listener = z.infer<typeof Listener>;
 
@@ -218,8 +226,13 @@ export const Config = z.strictObject({
       refreshAheadSeconds: z.number().int().min(0).max(840).default(300),
       /** Warn when the host clock differs from AWS by more than this many seconds. */
       clockSkewWarnSeconds: z.number().int().positive().default(60),
+      /**
+       * Tokens cached per credentials identity (one per endpoint, user and region); the least
+       * recently used is dropped beyond it, and any unused for a token lifetime (15 min).
+       */
+      cacheSize: z.number().int().positive().default(1000),
     })
-    .default({ marginSeconds: 60, refreshAheadSeconds: 300, clockSkewWarnSeconds: 60 }),
+    .default({ marginSeconds: 60, refreshAheadSeconds: 300, clockSkewWarnSeconds: 60, cacheSize: 1000 }),
   shutdown: z
     .strictObject({
       /** After SIGTERM keep accepting this long (apps still starting), milliseconds. */
@@ -230,6 +243,23 @@ export const Config = z.strictObject({
       exitCode143: z.boolean().default(false),
     })
     .default({ minDelayMs: 0, maxDelayMs: 30_000, exitCode143: false }),
+  /** What /readyz checks besides bound listeners and a signable token (README "Readiness"). */
+  readiness: z
+    .strictObject({
+      /**
+       * Also log in to each listener's database (TLS + IAM login, then disconnect), at most once
+       * per `intervalSeconds` per listener; probes in between get the cached result.
+       */
+      checkDatabase: z.boolean().default(false),
+      /**
+       * Database user the check logs in as when a listener has no upstream.user. Without either,
+       * the check stops after TLS (the server certificate is still verified).
+       */
+      user: z.string().min(1).optional(),
+      /** Seconds a database check result is reused. */
+      intervalSeconds: z.number().int().min(1).max(3600).default(30),
+    })
+    .default({ checkDatabase: false, intervalSeconds: 30 }),
   limits: z
     .strictObject({
       /** Open connections across all listeners; 0 = unlimited. */

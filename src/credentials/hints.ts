@@ -20,7 +20,7 @@ export function refusedLoginCauses(l: Listener, user = '<user>'): string[] {
 }
 
 /** The causes as one hint line for a client-visible error (callers add who is speaking). */
-export function refusedLoginHint(l: Listener): string {
+export function refusedLoginHint(l: Listener, user?: string): string {
   const how = l.auth.mode === 'password' ? 'auth.password' : 'an IAM token';
-  return `logged in with ${how}. Check: ${refusedLoginCauses(l).join('; ')}`;
+  return `logged in with ${how}. Check: ${refusedLoginCauses(l, user).join('; ')}`;
 }

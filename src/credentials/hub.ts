@@ -67,6 +67,7 @@ export class CredentialsHub {
       cache = new TokenCache(minter, clock, {
         marginMs: this.cfg.tokens.marginSeconds * 1000,
         refreshAheadMs: this.cfg.tokens.refreshAheadSeconds * 1000,
+        maxEntries: this.cfg.tokens.cacheSize,
         events: {
           onMint: (req, token) => this.options.events?.onMint?.(req, token),
           onMintFailure: (req, err, background) => {
@@ -83,6 +84,13 @@ export class CredentialsHub {
       this.caches.set(key, cache);
     }
     return cache;
+  }
+
+  /** Tokens held across this hub's caches (bounded by tokens.cacheSize per cache). */
+  cachedTokens(): number {
+    let n = 0;
+    for (const c of this.caches.values()) n += c.size;
+    return n;
   }
 
   close(): void {

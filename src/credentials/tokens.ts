@@ -149,6 +149,8 @@ export interface CacheOptions {
   jitterMs?: number;
   /** Told about every mint and every failed mint (metrics, readiness, logs). */
   events?: TokenEvents;
+  /** Most keys kept; the least recently used is dropped beyond it. Default 1000. */
+  maxEntries?: number;
   /** Background timers; injectable so tests with a fake clock can drive them. */
   timers?: { set(fn: () => void, ms: number): unknown; clear(handle: unknown): void };
 }
@@ -175,12 +177,13 @@ const realTimers = {
   clear: (h: unknown): void => clearTimeout(h as NodeJS.Timeout),
 };
 
-/** Keys unused for this long stop being refreshed in the background. */
-const IDLE_STOP_MS = 3_600_000;
+/** Keys unused for this long are dropped (and no longer refreshed in the background). */
+const IDLE_DROP_MS = TOKEN_LIFETIME_MS;
 
 /**
  * Caches a token per (host, port, user, region) until min(15 min, credentials' expiry) minus
- * a margin. Concurrent logins share one mint. Once used, a key is re-minted in the background
+ * a margin. Bounded whatever clients send: at most `maxEntries` keys (least recently used
+ * dropped first), and keys unused for a token lifetime are dropped. Concurrent logins share one mint. Once used, a key is re-minted in the background
  * before expiry (with jitter, and with backoff after failures), so a login never waits on STS
  * or IMDS while a valid token exists; a failed refresh leaves the valid token serving.
  */
@@ -255,11 +258,36 @@ export class TokenCache implements TokenSource {
     for (const e of this.entries.values()) if (e.timer !== undefined) this.timers.clear(e.timer);
   }
 
+  /** Number of keys held, for tests and metrics. */
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** The entry for `req`, made the most recently used; creating one may drop stale or old ones. */
   private entry(req: TokenRequest): Entry {
     const key = cacheKey(req);
     let entry = this.entries.get(key);
-    if (!entry) this.entries.set(key, (entry = { failures: 0, lastUsed: this.clock.now() }));
+    if (entry) {
+      this.entries.delete(key); // re-inserted below: Map order is the LRU order
+    } else {
+      entry = { failures: 0, lastUsed: this.clock.now() };
+      this.evict();
+    }
+    this.entries.set(key, entry);
     return entry;
+  }
+
+  /** Drops keys unused for a token lifetime, then the least recently used down to the cap less one. */
+  private evict(): void {
+    const now = this.clock.now();
+    const cap = this.opts.maxEntries ?? 1000;
+    for (const [key, e] of this.entries) {
+      const stale = now - e.lastUsed > IDLE_DROP_MS;
+      if (!stale && this.entries.size < cap) break; // oldest first: the rest are newer
+      if (e.inflight) continue;
+      if (e.timer !== undefined) this.timers.clear(e.timer);
+      this.entries.delete(key);
+    }
   }
 
   private start(entry: Entry, req: TokenRequest, background: boolean): Promise<Token> {
@@ -302,7 +330,7 @@ export class TokenCache implements TokenSource {
     const delay = Math.max(0, at - this.clock.now());
     entry.timer = this.timers.set(() => {
       entry.timer = undefined;
-      if (this.clock.now() - entry.lastUsed > IDLE_STOP_MS || entry.inflight) return;
+      if (this.clock.now() - entry.lastUsed > IDLE_DROP_MS || entry.inflight) return;
       this.start(entry, req, true).catch(() => undefined);
     }, delay);
   }

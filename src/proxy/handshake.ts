@@ -11,7 +11,7 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { onAbort, untilAborted } from '../abort';
 import type { TokenLease, TokenRequest, TokenSource } from '../credentials/tokens';
-import { asProxyError, ErrorCode, ProxyError } from '../errors';
+import { asProxyError, closesSilently, ErrorCode, ProxyError } from '../errors';
 import type { Logger } from '../log';
 import type {
   EngineConnection,
@@ -53,7 +53,8 @@ export abstract class EngineHandshake implements EngineConnection {
     } catch (err) {
       const e = asProxyError(this.signal.aborted ? this.signal.reason : err);
       this.releaseUpstreams();
-      this.sendError(e);
+      if (closesSilently(e)) this.client.destroy();
+      else this.sendError(e);
       throw e;
     } finally {
       stopWatching();

@@ -211,3 +211,56 @@ export class LoginGate {
 }
 
 const grantedTicket: LoginTicket = { granted: Promise.resolve(), isGranted: true, cancel: () => undefined };
+
+/**
+ * At most `size` holders at once; others wait in FIFO order. Used for MySQL handshakes that
+ * hold an upstream connection before their client has answered the greeting
+ * (listeners[].maxPendingHandshakes).
+ */
+export class Slots {
+  private held = 0;
+  private readonly waiting: (() => void)[] = [];
+
+  constructor(private readonly size: number) {}
+
+  /**
+   * Resolves with a release function once a slot is free; call it exactly once. Rejects with
+   * the signal's reason if it aborts first (the place in line is given up).
+   */
+  acquire(signal: AbortSignal): Promise<() => void> {
+    signal.throwIfAborted();
+    if (this.held < this.size) {
+      this.held++;
+      return Promise.resolve(this.releaser());
+    }
+    return new Promise((resolve, reject) => {
+      const grant = (): void => {
+        signal.removeEventListener('abort', onAbort);
+        this.held++;
+        resolve(this.releaser());
+      };
+      const onAbort = (): void => {
+        const i = this.waiting.indexOf(grant);
+        if (i >= 0) this.waiting.splice(i, 1);
+        reject(signal.reason);
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiting.push(grant);
+    });
+  }
+
+  /** Slots held now. */
+  get inUse(): number {
+    return this.held;
+  }
+
+  private releaser(): () => void {
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.held--;
+      this.waiting.shift()?.();
+    };
+  }
+}

@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import type { Logger } from '../log';
-import { asProxyError, ErrorCode, logError, ProxyError } from '../errors';
+import { asProxyError, closesSilently, ErrorCode, logError, ProxyError } from '../errors';
 import { untilAborted } from '../abort';
 import type { Engine } from './engine';
 import type { LoginGate } from './limits';
@@ -173,8 +173,7 @@ export class Session {
       const e = asProxyError(err);
       this.identify(conn.info);
       // A client that connects and leaves (a TCP health check) is routine, not a warning.
-      const level =
-        e.code === ErrorCode.Internal ? 'error' : e.code === ErrorCode.ClientGone ? 'debug' : 'warn';
+      const level = e.code === ErrorCode.Internal ? 'error' : closesSilently(e) ? 'debug' : 'warn';
       log[level](
         { ...withoutIdentity(conn.info), err: logError(e), ms: elapsed(this.started) },
         'handshake failed',

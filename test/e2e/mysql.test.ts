@@ -408,7 +408,26 @@ describe('mysql2', () => {
     },
   );
 
-  test('COM_CHANGE_USER to a user the server refuses: ERR 1045, then the session closes', async () => {
+  test('COM_CHANGE_USER to a user the server refuses: ERR 1045 with a hint naming the user; the session stays the old user', async () => {
+    const c = await connect();
+    const [before] = await c.query('select current_user() as u');
+    db.verifier.revokedUsers.add('bob');
+    try {
+      const err = (await c.changeUser({ user: 'bob' }).catch((e: unknown) => e)) as {
+        errno?: number;
+        message: string;
+      };
+      expect(err).toMatchObject({ errno: 1045 });
+      expect(err.message).toContain("the database user 'bob' was not created");
+    } finally {
+      db.verifier.revokedUsers.delete('bob');
+    }
+    const [after] = await c.query('select current_user() as u');
+    expect(after).toEqual(before);
+    c.destroy();
+  });
+
+  test('COM_CHANGE_USER to a user the server does not know: an error, then the session closes', async () => {
     const c = await connect();
     await expect(c.changeUser({ user: 'mallory' })).rejects.toMatchObject({ errno: 1045 });
     await expect(c.query('select 1')).rejects.toThrow();

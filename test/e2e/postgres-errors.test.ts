@@ -3,7 +3,7 @@
  * and a message naming the cause; no input crashes the proxy; the token never goes where it
  * must not.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
@@ -16,7 +16,7 @@ import { startTestProxy, type TestProxy } from '../harness/proxy';
 import { psql } from '../harness/clients';
 import { rawConnect, request, startup } from '../harness/pgraw';
 import { signToken, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY } from '../harness/sign';
-import { freePort } from '../harness/util';
+import { freePort, waitFor } from '../harness/util';
 import { PROTOCOL_3_2, StartupCode } from '../../src/engines/postgres/wire';
 
 let db: RdsLikePg;
@@ -266,13 +266,46 @@ describe('protocol edge cases and bad input', () => {
     return { code: m?.code, message: m?.message, closed: true };
   };
 
-  test('an oversized startup packet gets 08P01 before anything is allocated', async () => {
-    const b = Buffer.alloc(8);
-    b.writeInt32BE(0x7fffffff, 0);
-    b.writeInt32BE(196608, 4);
-    const r = await errorOf(b);
-    expect(r.code).toBe('08P01');
-    expect(r.message).toMatch(/invalid startup packet length/);
+  test('bytes that do not frame a startup packet are closed without a reply, as PostgreSQL does', async () => {
+    const oversized = Buffer.alloc(8);
+    oversized.writeInt32BE(0x7fffffff, 0);
+    oversized.writeInt32BE(196608, 4);
+    // node-postgres sends Terminate ('X', length 4) when connect() is followed at once by end().
+    const terminate = Buffer.from([0x58, 0, 0, 0, 4, 0, 0, 0]);
+    for (const bytes of [oversized, terminate]) {
+      const c = await rawConnect(p.port('app'));
+      const received: Buffer[] = [];
+      c.socket.on('data', (d: Buffer) => received.push(d));
+      c.socket.write(bytes);
+      await c.closed;
+      expect(Buffer.concat(received).length).toBe(0);
+    }
+    const line = p
+      .records()
+      .find(
+        (r) => r['msg'] === 'handshake failed' && (r['err'] as { code?: string })?.code === 'CLIENT_UNFRAMED',
+      );
+    expect(line?.['level']).toBe('debug');
+  });
+
+  test('node-postgres connect() then end() at once raises no error in the app, plaintext or TLS', async () => {
+    for (const ssl of [false, { ca: readFileSync(p.app.localTls.caPath, 'utf8'), servername: 'localhost' }]) {
+      const errors: unknown[] = [];
+      const before = p.records().filter((r) => String(r['msg']).startsWith('handshake failed')).length;
+      const c = new Client({ host: '127.0.0.1', port: p.port('app'), user: 'alice', database: 'appdb', ssl });
+      c.on('error', (e) => errors.push(e));
+      c.connect().catch((e: unknown) => errors.push(e));
+      c.end().catch((e: unknown) => errors.push(e));
+      // The proxy has seen the client go and answered (or not) by the time it logs the failure.
+      await waitFor(
+        async () =>
+          p.records().filter((r) => String(r['msg']).startsWith('handshake failed')).length > before,
+        5000,
+        'the proxy to see the client leave',
+      );
+      await new Promise((r) => setImmediate(r));
+      expect(errors).toEqual([]);
+    }
   });
 
   test('a malformed startup packet gets 08P01', async () => {

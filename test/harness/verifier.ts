@@ -56,6 +56,8 @@ export interface Verifier {
   socketPath: string;
   /** Delay of each answer, milliseconds; may be changed while running. */
   delayMs: number;
+  /** Users whose every token is refused (an IAM policy that lost rds-db:connect); may be changed. */
+  revokedUsers: Set<string>;
   close(): Promise<void>;
 }
 
@@ -156,7 +158,7 @@ export function verifyToken(token: string, user: string, o: Omit<VerifierOptions
  */
 export async function startVerifier(o: VerifierOptions): Promise<Verifier> {
   const entries: VerifierEntry[] = [];
-  const self = { delayMs: o.delayMs ?? 0 } as Verifier;
+  const self = { delayMs: o.delayMs ?? 0, revokedUsers: new Set<string>() } as Verifier;
   // Half-open: the module shuts down its side after the request, and a delayed answer must still go out.
   const server = net.createServer({ allowHalfOpen: true }, (socket) => {
     const chunks: Buffer[] = [];
@@ -175,7 +177,11 @@ export async function startVerifier(o: VerifierOptions): Promise<Verifier> {
       const user = nul < 0 ? '' : request.subarray(0, nul).toString('utf8');
       const token = nul < 0 ? '' : request.subarray(nul + 1).toString('utf8');
       const verdict =
-        nul < 0 ? deny('malformed request: no NUL after the user') : verifyToken(token, user, o);
+        nul < 0
+          ? deny('malformed request: no NUL after the user')
+          : self.revokedUsers.has(user)
+            ? deny(`access revoked for ${user} by the test`)
+            : verifyToken(token, user, o);
       entries.push({
         at: (o.now ?? Date.now)(),
         user,

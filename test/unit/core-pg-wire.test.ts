@@ -192,7 +192,7 @@ describe('startup packets over a SocketReader, split at every byte boundary', ()
   });
 
   it.each([-1, 0, 4, 7, MAX_STARTUP_LENGTH + 1, 0x7fffffff])(
-    'rejects a startup length of %i with CLIENT_PROTOCOL before reading the body',
+    'closes on a startup length of %i (CLIENT_UNFRAMED: no reply) before reading the body',
     async (len) => {
       const { stream, reader } = newReader();
       const head = Buffer.alloc(8);
@@ -201,7 +201,7 @@ describe('startup packets over a SocketReader, split at every byte boundary', ()
       const p = settle(readStartupPacket(reader));
       // Only the 8-byte head is ever sent: the error must not wait for a body.
       await feed(stream, [head]);
-      const err = await expectProxyError(p, ErrorCode.ClientProtocol);
+      const err = await expectProxyError(p, ErrorCode.ClientUnframed);
       expect(err.message).toContain(String(len));
       expect(reader.available).toBe(0);
     },

@@ -216,7 +216,7 @@ describe('Helm chart', () => {
     const env = Object.fromEntries((app?.env ?? []).map((e) => [e.name, e.value]));
     expect(env).toMatchObject({
       PGSSLMODE: 'verify-full',
-      PGSSLROOTCERT: '/var/run/rds-iam-proxy/local-ca.pem',
+      PGSSLROOTCERT: '/var/run/rds-iam-proxy/tls/local-ca.pem',
       PGHOST: 'localhost',
     });
     expect(app?.volumeMounts).toContainEqual({

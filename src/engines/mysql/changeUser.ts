@@ -11,8 +11,9 @@
  *   proxy -> client   that OK or ERR, with the client's sequence id
  *
  * On failure the client gets the ERR (the server's own errno and message for a refused login,
- * with the proxy's hint) and the session is closed: the client must not keep running as the
- * old user while believing the change failed cleanly, and a server may have dropped its side.
+ * with the proxy's hint). A refused change leaves the session as the old user, as MariaDB does
+ * (the client knows from the ERR); if the server dropped its side the splice ends with it. A
+ * broken exchange (malformed packets, a lost connection) closes the session.
  *
  * CommandPhase is the engine's object for the spliced part of one session: it builds the
  * CommandGate and answers its COM_CHANGE_USER interceptions with what it knows of the session.
@@ -23,7 +24,7 @@ import { asProxyError, ErrorCode, logError, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import type { SessionInfo } from '../../proxy/engine';
 import { loginWithLease } from '../../proxy/handshake';
-import { verifyLocalPassword } from './downstream';
+import { checkNameLengths, verifyLocalPassword } from './downstream';
 import { CommandGate, type ExchangeOutcome } from './gate';
 import { authExchange, firstAuth, type PacketIO } from './upstream';
 import type { MysqlEngine } from './index';
@@ -92,6 +93,7 @@ export class CommandPhase {
     let upstreamUser: string | undefined;
     try {
       const req = parseChangeUser(await fromClient(), facts.clientCaps);
+      checkNameLengths(req.user, req.database);
       if (engine.users) {
         await verifyLocalPassword(
           { send: toClient, read: fromClient },
@@ -141,11 +143,15 @@ export class CommandPhase {
       const e = asExchangeError(err);
       this.log.warn({ upstreamUser, err: logError(e) }, 'COM_CHANGE_USER failed');
       try {
-        toClient(buildErr(engine.errorFor(e)));
+        toClient(buildErr(engine.errorFor(e, upstreamUser)));
       } catch {
         // the client is gone
       }
-      return 'close';
+      // Refused (by the server, or by the local password check before the server was asked): the
+      // session stays the old user's, as MariaDB keeps it; a server that dropped its side ends the
+      // splice by itself. Anything else (a broken exchange) closes the session.
+      const refused = e.serverError !== undefined || e.code === ErrorCode.ClientAuth;
+      return refused ? 'continue' : 'close';
     }
   }
 }

@@ -242,6 +242,29 @@ export function authenticateClient(
   return verifyLocalPassword(io, attempt, users, scramble, secure);
 }
 
+/** MariaDB user names are at most 80 characters; database names 64 (NAME_CHAR_LEN). */
+const MAX_USER_CHARS = 80;
+const MAX_DATABASE_CHARS = 64;
+
+/**
+ * Refuses user and database names longer than the server allows, with the server's own errors
+ * (1470, 1102): the proxy keys its token cache and log lines on them.
+ */
+export function checkNameLengths(user: string, database: string | undefined): void {
+  if ([...user].length > MAX_USER_CHARS) {
+    const message = `String '${[...user].slice(0, 16).join('')}...' is too long for user name (should be no longer than ${MAX_USER_CHARS})`;
+    throw new ProxyError(ErrorCode.ClientProtocol, message, {
+      serverError: { errno: ErrNo.WRONG_STRING_LENGTH, sqlState: 'HY000', message },
+    });
+  }
+  if (database !== undefined && [...database].length > MAX_DATABASE_CHARS) {
+    const message = `Incorrect database name '${[...database].slice(0, 16).join('')}...' (longer than ${MAX_DATABASE_CHARS} characters)`;
+    throw new ProxyError(ErrorCode.ClientProtocol, message, {
+      serverError: { errno: ErrNo.WRONG_DB_NAME, sqlState: '42000', message },
+    });
+  }
+}
+
 /** ER_ACCESS_DENIED_ERROR as the server words it, naming the proxy's user list. */
 export function accessDenied(user: string, usingPassword: boolean): ProxyError {
   const message = `Access denied for user '${user}'@'localhost' (using password: ${usingPassword ? 'YES' : 'NO'})`;

@@ -30,9 +30,18 @@ import {
 } from '../../proxy/engine';
 import type { UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, elapsedMs, endWith } from '../../proxy/handshake';
+import { Slots } from '../../proxy/limits';
+import { untilAborted } from '../../abort';
 import { LocalUsers, makeScramble } from './auth';
 import { CommandPhase } from './changeUser';
-import { authenticateClient, ClientLeg, ClientState, clientGreeting, readClientResponse } from './downstream';
+import {
+  authenticateClient,
+  checkNameLengths,
+  ClientLeg,
+  ClientState,
+  clientGreeting,
+  readClientResponse,
+} from './downstream';
 import {
   type Credentials,
   login,
@@ -76,6 +85,8 @@ export const MYSQL_ERRORS: Record<ErrorCode, { errno: number; sqlState: string }
   [ErrorCode.HandshakeTimeout]: { errno: ErrNo.NET_READ_INTERRUPTED, sqlState: '08S01' },
   // The client is gone; nothing is sent, the entry only completes the table.
   [ErrorCode.ClientGone]: { errno: ErrNo.NET_READ_INTERRUPTED, sqlState: '08S01' },
+  // Not raised by this engine (the client speaks second); completes the table.
+  [ErrorCode.ClientUnframed]: { errno: ErrNo.HANDSHAKE, sqlState: '08S01' },
   // ER_CON_COUNT_ERROR "Too many connections".
   [ErrorCode.TooManyConnections]: { errno: ErrNo.CON_COUNT, sqlState: '08004' },
   // ER_SERVER_SHUTDOWN.
@@ -94,11 +105,14 @@ export class MysqlEngine implements Engine {
   readonly target: UpstreamTarget;
   /** Set when client.auth is password. */
   readonly users: LocalUsers | undefined;
+  /** Handshakes holding an upstream connection until their client answers the greeting. */
+  readonly pending: Slots;
 
   constructor(readonly options: MysqlEngineOptions) {
     const l = options.listener;
     this.target = upstreamTargetFor(l, options.dialer, options.upstreamCa);
     this.users = l.client.auth === 'password' ? new LocalUsers(options.localUsers) : undefined;
+    this.pending = new Slots(l.maxPendingHandshakes);
     if (l.auth.mode === 'dsql') {
       throw new ProxyError(
         ErrorCode.Config,
@@ -119,16 +133,16 @@ export class MysqlEngine implements Engine {
   /**
    * The ERR fields a client sees for `err`: the server's own errno, SQLSTATE and message when
    * it sent them (plus the login hint for a refused login), else the code's entry in
-   * MYSQL_ERRORS with the proxy's message and hint. C clients keep 511 bytes of a message, so
-   * the cause comes first.
+   * MYSQL_ERRORS with the proxy's message and hint. The login hint names `user` (the upstream
+   * user). C clients keep 511 bytes of a message, so the cause comes first.
    */
-  errorFor(err: ProxyError): ErrFields {
+  errorFor(err: ProxyError, user?: string): ErrFields {
     const own = MYSQL_ERRORS[err.code];
     const se = err.serverError;
     if (se?.errno !== undefined) {
       const message =
         err.code === ErrorCode.UpstreamAuth
-          ? `${se.message} [rds-iam-proxy: ${refusedLoginHint(this.options.listener)}]`
+          ? `${se.message} [rds-iam-proxy: ${refusedLoginHint(this.options.listener, user)}]`
           : se.message;
       return { errno: se.errno, sqlState: se.sqlState ?? own.sqlState, message };
     }
@@ -177,9 +191,18 @@ class MysqlHandshake extends EngineHandshake {
     const e = this.engine;
     const l = e.options.listener;
     const t0 = performance.now();
-    const up = await this.openUpstream();
+    // An idle local socket must not hold a server connection each (max_connections): only
+    // maxPendingHandshakes wait for their client's answer at once, for greetingTimeoutMs.
+    const release = await this.engine.pending.acquire(this.signal);
+    let up: OpenUpstream;
+    let client: { response: HandshakeResponse; secure: boolean };
     const scramble = makeScramble();
-    const client = await this.readClient(up.greeting, scramble);
+    try {
+      up = await this.openUpstream();
+      client = await this.readClient(up.greeting, scramble);
+    } finally {
+      release();
+    }
     const upstreamUser = l.upstream.user ?? client.response.user;
     this.info.upstreamUser = upstreamUser;
     const database = l.upstream.database ?? client.response.database;
@@ -231,11 +254,35 @@ class MysqlHandshake extends EngineHandshake {
     const e = this.engine;
     const t0 = performance.now();
     const secureContext = e.options.secureContext;
-    const response = await readClientResponse(
-      this.leg,
-      clientGreeting(server, scramble, secureContext !== undefined),
-      secureContext,
+    const ms = e.options.listener.greetingTimeoutMs;
+    const answered = new AbortController();
+    const timer = setTimeout(
+      () =>
+        answered.abort(
+          new ProxyError(
+            ErrorCode.HandshakeTimeout,
+            `the client did not answer the greeting within ${ms} ms`,
+            {
+              hint: 'greetingTimeoutMs bounds how long an idle client holds an upstream connection',
+            },
+          ),
+        ),
+      ms,
     );
+    let response: HandshakeResponse;
+    try {
+      response = await untilAborted(
+        readClientResponse(
+          this.leg,
+          clientGreeting(server, scramble, secureContext !== undefined),
+          secureContext,
+        ),
+        answered.signal,
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+    checkNameLengths(response.user, response.database);
     const attrs = safeAttributes(response.attributes);
     this.info.user = response.user;
     this.info.database = response.database;
@@ -306,7 +353,7 @@ class MysqlHandshake extends EngineHandshake {
       this.client.destroy();
       return;
     }
-    const fields = this.engine.errorFor(err);
+    const fields = this.engine.errorFor(err, this.info.upstreamUser);
     if (leg.speaks41 === false) delete fields.sqlState;
     endWith(leg.socket, packet(leg.nextSeq, buildErr(fields)));
   }

@@ -147,6 +147,10 @@ export const ErrNo = {
   ACCESS_DENIED: 1045,
   /** 1049 ER_BAD_DB_ERROR, SQLSTATE 42000: Unknown database (the login itself was accepted). */
   BAD_DB: 1049,
+  /** 1102 ER_WRONG_DB_NAME, SQLSTATE 42000: Incorrect database name. */
+  WRONG_DB_NAME: 1102,
+  /** 1470 ER_WRONG_STRING_LENGTH, SQLSTATE HY000: String is too long for user name. */
+  WRONG_STRING_LENGTH: 1470,
   /** 1053 ER_SERVER_SHUTDOWN, SQLSTATE 08S01. */
   SERVER_SHUTDOWN: 1053,
   /** 1153 ER_NET_PACKET_TOO_LARGE, SQLSTATE 08S01. */

@@ -30,11 +30,28 @@ export const SQLSTATE: Record<ErrorCode, string> = {
   [ErrorCode.ClientProtocol]: '08P01',
   [ErrorCode.HandshakeTimeout]: '08006', // connection_failure
   [ErrorCode.ClientGone]: '08006', // never sent: the client is gone
+  [ErrorCode.ClientUnframed]: '08P01', // never sent: the server closes silently too
   [ErrorCode.TooManyConnections]: '53300', // too_many_connections
   [ErrorCode.Shutdown]: '57P01', // admin_shutdown
   [ErrorCode.Config]: '08001',
   [ErrorCode.Internal]: 'XX000', // internal_error
 };
+
+/** PostgreSQL identifiers are at most NAMEDATALEN - 1 = 63 bytes. */
+const MAX_NAME_BYTES = 63;
+
+/**
+ * Refuses a user or database name longer than PostgreSQL allows (42622 name_too_long): the
+ * server would only truncate it, and the proxy keys its token cache and log lines on it.
+ */
+function checkNameLength(what: 'user' | 'database', name: string): void {
+  const bytes = Buffer.byteLength(name);
+  if (bytes <= MAX_NAME_BYTES) return;
+  const message = `${what} name is ${bytes} bytes; PostgreSQL names are at most ${MAX_NAME_BYTES} bytes (NAMEDATALEN)`;
+  throw new ProxyError(ErrorCode.ClientProtocol, message, {
+    serverError: { sqlState: '42622', message },
+  });
+}
 
 /** Live sessions' cancel keys -> the upstream that issued them. Shared by all Postgres listeners. */
 export class CancelRegistry {
@@ -93,12 +110,15 @@ export class PostgresEngine implements Engine {
     endWith(client, this.errorFor(err));
   }
 
-  /** The ErrorResponse a client sees for `err`: the server's own fields when it sent them, plus our hint. */
-  errorFor(err: ProxyError): Buffer {
+  /**
+   * The ErrorResponse a client sees for `err`: the server's own fields when it sent them, plus
+   * our hint naming `user` (the upstream user) for a refused login.
+   */
+  errorFor(err: ProxyError, user?: string): Buffer {
     if (err.serverError?.fields) {
       const fields = new Map(err.serverError.fields);
       if (err.code === ErrorCode.UpstreamAuth) {
-        const hint = `rds-iam-proxy ${refusedLoginHint(this.options.listener)}`;
+        const hint = `rds-iam-proxy ${refusedLoginHint(this.options.listener, user)}`;
         const own = fields.get(Field.Hint);
         fields.set(Field.Hint, own ? `${own}\n${hint}` : hint);
       }
@@ -106,7 +126,7 @@ export class PostgresEngine implements Engine {
     }
     const message =
       err.code === ErrorCode.Internal ? 'internal error in rds-iam-proxy; see its log' : err.message;
-    return fatal(SQLSTATE[err.code], `rds-iam-proxy: ${message}`, err.hint);
+    return fatal(err.serverError?.sqlState ?? SQLSTATE[err.code], `rds-iam-proxy: ${message}`, err.hint);
   }
 
   tokenRequest(user: string): TokenRequest {
@@ -148,11 +168,14 @@ class PostgresHandshake extends EngineHandshake {
     }
     const params = new Map(start.params);
     const user = params.get('user');
-    this.info.user = user;
-    this.info.database = params.get('database') ?? user;
-    this.info.applicationName = params.get('application_name');
-    this.info.clientTls = start.tls;
     if (!user) throw new ProxyError(ErrorCode.ClientProtocol, 'no user name in the startup packet');
+    const database = params.get('database') ?? user;
+    checkNameLength('user', user);
+    checkNameLength('database', database);
+    this.info.user = user;
+    this.info.database = database;
+    this.info.applicationName = params.get('application_name')?.slice(0, MAX_NAME_BYTES);
+    this.info.clientTls = start.tls;
     if (l.client.auth === 'password') await authenticateClient(start, e.users, l.client.passwordMethod);
     this.timings.downstreamMs = Math.round((performance.now() - t0) * 100) / 100;
 
@@ -244,7 +267,7 @@ class PostgresHandshake extends EngineHandshake {
   }
 
   protected sendError(err: ProxyError): void {
-    endWith(this.down, this.engine.errorFor(err));
+    endWith(this.down, this.engine.errorFor(err, this.info.upstreamUser));
   }
 }
 

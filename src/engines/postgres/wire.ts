@@ -70,9 +70,10 @@ export async function readStartupPacket(reader: SocketReader): Promise<StartupPa
   const head = await reader.read(8);
   const len = head.readInt32BE(0);
   if (len < 8 || len > MAX_STARTUP_LENGTH) {
+    // PostgreSQL logs "invalid length of startup packet" and closes without a reply.
     throw new ProxyError(
-      ErrorCode.ClientProtocol,
-      `invalid startup packet length ${len} (allowed 8..${MAX_STARTUP_LENGTH})`,
+      ErrorCode.ClientUnframed,
+      `invalid startup packet length ${len} (allowed 8..${MAX_STARTUP_LENGTH}); closed without a reply`,
     );
   }
   const code = head.readInt32BE(4);
