@@ -143,8 +143,10 @@ async function checkListener(
     });
   }
 
-  // DNS
-  const dest = l.upstream.address ?? host;
+  // DNS, for the address dialled (upstream.address may carry a tunnel's port)
+  const target = upstreamTargetFor(l, tcpDialer, loadUpstreamCa(l.upstream.tls.ca));
+  const dest = target.dial.address ?? host;
+  const dialled = `${dest}:${target.dial.dialPort ?? port}`;
   if (net.isIP(dest)) {
     add({ step: 'dns', status: 'skip', detail: `${dest} is an IP address` });
   } else {
@@ -167,11 +169,11 @@ async function checkListener(
   }
 
   // TCP
-  const target = upstreamTargetFor(l, tcpDialer, loadUpstreamCa(l.upstream.tls.ca));
   try {
     const s = await tcpDialer.dial(target.dial);
     s.destroy();
-    add({ step: 'tcp', status: 'ok', detail: `connected to ${dest}:${port}` });
+    const forHost = dialled === `${host}:${port}` ? '' : ` for ${host}:${port}`;
+    add({ step: 'tcp', status: 'ok', detail: `connected to ${dialled}${forHost}` });
   } catch (err) {
     add({
       step: 'tcp',
@@ -195,7 +197,7 @@ async function checkListener(
     add({
       step: 'tls',
       status: 'ok',
-      detail: `${session.tls.getProtocol()} ${session.tls.getCipher()?.name}; subject CN=${c.subject?.CN}; issuer CN=${c.issuer?.CN}; valid until ${c.valid_to}`,
+      detail: `${session.tls.getProtocol()} ${session.tls.getCipher()?.name}${l.engine === 'postgres' ? ` (negotiation ${target.negotiation ?? 'postgres'})` : ''}; subject CN=${c.subject?.CN}; issuer CN=${c.issuer?.CN}; valid until ${c.valid_to}`,
     });
   } catch (err) {
     const e = asProxyError(err);

@@ -59,7 +59,9 @@ export async function connectTls(
     // PostgreSQL 17+ `sslnegotiation=direct` and Aurora's express gateway: no SSLRequest; the
     // ClientHello is the first byte, with SNI = host and ALPN postgresql, which the server must accept.
     const s = await upstreamTls(raw, { ...t.tls, alpn: [PG_ALPN] }, signal).catch((err: unknown) => {
-      if (!(err instanceof ProxyError) || !err.message.startsWith('TLS handshake')) throw err;
+      // Only a handshake the server broke off; a certificate rejection keeps its own words.
+      if (!(err instanceof ProxyError) || err.code !== ErrorCode.UpstreamTls || err.cause === undefined)
+        throw err;
       throw new ProxyError(
         ErrorCode.UpstreamTls,
         `direct TLS with upstream ${t.dial.host} failed: ${err.message}`,
