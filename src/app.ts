@@ -2,7 +2,7 @@ import { isDeepStrictEqual } from 'node:util';
 import type { Config, Listener } from './config/schema';
 import { readSecret } from './config/secrets';
 import { scrubSecrets, type Logger } from './log';
-import { type Dialer, loadUpstreamCa, tcpDialer, upstreamTargetFor } from './net/dial';
+import { type Dialer, loadUpstreamCa, tcpDialer, type UpstreamTarget, upstreamTargetFor } from './net/dial';
 import { LocalTls } from './net/localTls';
 import { type TokenMinter, type TokenSource, tokenRequestFor } from './credentials/tokens';
 import { CredentialsHub } from './credentials/hub';
@@ -83,6 +83,7 @@ const PROBES: Record<Listener['engine'], UpstreamProbe> = { postgres: postgresPr
  */
 async function probeDatabase(
   l: Listener,
+  target: UpstreamTarget,
   shared: Shared,
   fallbackUser?: string,
 ): Promise<string | undefined> {
@@ -90,9 +91,11 @@ async function probeDatabase(
   const controller = new AbortController();
   let session: ProbeSession | undefined;
   const check = async (): Promise<undefined> => {
-    const target = upstreamTargetFor(l, shared.dialer, loadUpstreamCa(l.upstream.tls.ca));
     session = await PROBES[l.engine](target, user ?? READINESS_PROBE_USER, l.upstream.database);
-    if (controller.signal.aborted) return undefined;
+    if (controller.signal.aborted) {
+      session.close(); // the deadline passed while it connected
+      return undefined;
+    }
     if (user === undefined) return undefined;
     const lease = shared.credentials.sourceFor(l).lease(tokenRequestFor(l, user));
     try {
@@ -175,6 +178,8 @@ interface Entry {
   probe?: { at: number; result: Promise<string | undefined> };
   /** The last database check (readiness.checkDatabase), shared by probes while in flight. */
   dbCheck?: { at: number; result: Promise<string | undefined> };
+  /** Where the database check connects (built at the first check, CA loaded once). */
+  upstream?: UpstreamTarget;
   shared: Shared;
 }
 
@@ -455,7 +460,13 @@ class App implements ProxyApp {
     const now = Date.now();
     const r = this.cfg.readiness;
     if (e.dbCheck && now - e.dbCheck.at < r.intervalSeconds * 1000) return e.dbCheck.result;
-    const result = probeDatabase(e.cfg, e.shared, r.user);
+    let result: Promise<string | undefined>;
+    try {
+      e.upstream ??= upstreamTargetFor(e.cfg, e.shared.dialer, loadUpstreamCa(e.cfg.upstream.tls.ca));
+      result = probeDatabase(e.cfg, e.upstream, e.shared, r.user);
+    } catch (err) {
+      result = Promise.resolve(`database: ${asProxyError(err).message}`);
+    }
     e.dbCheck = { at: now, result };
     return result;
   }

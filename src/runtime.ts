@@ -35,6 +35,11 @@ export const Phase = {
 } as const;
 export type Phase = (typeof Phase)[keyof typeof Phase];
 
+/** How long start() waits for the first readiness check before logging "listening; not ready". */
+const READY_CHECK_WAIT_MS = 5_000;
+/** How often readiness is re-checked until the proxy is ready (then only /readyz probes check). */
+const READY_RECHECK_MS = 10_000;
+
 /** What started a shutdown. */
 export type StopReason = 'SIGTERM' | 'SIGINT' | 'quitquitquit';
 
@@ -67,6 +72,8 @@ export class Runtime {
   private reloading: Promise<unknown> = Promise.resolve();
   private readonly timers = new Set<NodeJS.Timeout>();
   private systemd: SystemdNotifier | undefined;
+  /** "rds-iam-proxy ready" has been logged (once per process). */
+  private announcedReady = false;
 
   constructor(private readonly options: RuntimeOptions) {
     this.cfg = options.config;
@@ -85,7 +92,12 @@ export class Runtime {
     return this.admin;
   }
 
-  /** Starts the listeners, then the admin server; logs "rds-iam-proxy ready". */
+  /**
+   * Starts the listeners, then the admin server. Logs "rds-iam-proxy ready" only when /readyz
+   * would say ready; otherwise "listening; not ready" (warn) with each listener's reason, and
+   * "rds-iam-proxy ready" later, once a readiness check (a /readyz probe or the re-check every
+   * READY_RECHECK_MS) passes.
+   */
   async start(): Promise<void> {
     metrics.buildInfo(this.options.version);
     this.proxy = await startProxy(this.cfg, { ...this.options.deps, log: this.log });
@@ -97,15 +109,43 @@ export class Runtime {
       throw err;
     }
     this.phase = Phase.Running;
-    this.log.info(
-      {
-        version: this.options.version,
-        listeners: this.proxy.listeners.map((l) => ({ name: l.name, address: l.address() })),
-        ...(this.admin ? { admin: this.admin.address() } : {}),
-      },
-      'rds-iam-proxy ready',
-    );
     this.notifySystemd('READY=1', 'STATUS=listening');
+    const first = await Promise.race([
+      this.readiness(),
+      new Promise<undefined>((resolve) => this.sleep(READY_CHECK_WAIT_MS).then(() => resolve(undefined))),
+    ]);
+    if (this.announcedReady || this.phase !== Phase.Running) return;
+    const notReady = first
+      ? first.listeners.filter((l) => !l.ready)
+      : [{ listener: '*', ready: false, reason: 'readiness check still running' }];
+    this.log.warn(
+      {
+        ...this.startupFields(),
+        notReady: notReady.map((l) => ({ listener: l.listener, reason: l.reason })),
+      },
+      'listening; not ready',
+    );
+    this.recheckReady();
+  }
+
+  /** What the start-up line says: version, listener addresses, admin address. */
+  private startupFields(): Record<string, unknown> {
+    return {
+      version: this.options.version,
+      listeners: this.proxy?.listeners.map((l) => ({ name: l.name, address: l.address() })) ?? [],
+      ...(this.admin ? { admin: this.admin.address() } : {}),
+    };
+  }
+
+  /** Re-checks readiness every READY_RECHECK_MS until "rds-iam-proxy ready" has been logged. */
+  private recheckReady(): void {
+    if (this.announcedReady || this.phase !== Phase.Running) return;
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      void this.readiness().finally(() => this.recheckReady());
+    }, READY_RECHECK_MS);
+    t.unref();
+    this.timers.add(t);
   }
 
   /** sd_notify for Type=notify units (a no-op outside systemd), in call order; failures are logged. */
@@ -138,7 +178,12 @@ export class Runtime {
       ready: r.ready,
       ...(r.reason ? { reason: r.reason } : {}),
     }));
-    return { status: listeners.every((l) => l.ready) ? 'ready' : 'not ready', listeners };
+    const ready = listeners.every((l) => l.ready);
+    if (ready && !this.announcedReady && this.phase === Phase.Running) {
+      this.announcedReady = true;
+      this.log.info(this.startupFields(), 'rds-iam-proxy ready');
+    }
+    return { status: ready ? 'ready' : 'not ready', listeners };
   }
 
   /**
