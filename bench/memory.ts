@@ -189,6 +189,8 @@ export async function measureIdleConnections(o: {
   cli?: string;
   /** The node binary (default: the one running the bench). */
   node?: string;
+  /** Node flags for the proxy (default: BENCH_PROXY_NODE_FLAGS). */
+  nodeFlags?: string[];
   user: string;
   database: string;
 }): Promise<IdleMemoryResult & { proxy: ProxyProcess }> {
@@ -200,6 +202,7 @@ export async function measureIdleConnections(o: {
     nofile: NOFILE,
     ...(o.cli ? { cli: o.cli } : {}),
     ...(o.node ? { node: o.node } : {}),
+    ...(o.nodeFlags ? { nodeFlags: o.nodeFlags } : {}),
   });
   onCleanup(() => proxy.stop());
   const port = proxy.ports['mem'] ?? 0;
