@@ -16,57 +16,23 @@ import { startTestProxy, type TestProxy } from '../harness/proxy';
 import { startRdsLikeMariaDb, type RdsLikeMariaDb } from '../harness/mariadb';
 import { startup } from '../harness/pgraw';
 import { registry } from '../../src/admin/metrics';
-import { AuthPlugin, buildGreeting, buildHandshakeResponse, Cap, packet } from '../../src/engines/mysql/wire';
+import { AuthPlugin, buildHandshakeResponse, Cap, packet } from '../../src/engines/mysql/wire';
+import { fakeServer, mysqlGreetingPacket } from '../harness/fakeupstream';
 
 const ENDPOINT = 'bounded.cluster-abc.us-east-1.rds.amazonaws.com';
 const NAMES = Number(process.env['BOUNDED_NAMES'] ?? 10_000);
 const CACHE_SIZE = 100;
 
 /** A fake upstream that refuses every login as soon as the proxy starts TLS. */
-async function refusingServer(
-  engine: 'postgres' | 'mysql',
-): Promise<{ port: number; close(): Promise<void> }> {
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((s) => {
-    sockets.add(s);
-    s.on('error', () => undefined);
-    s.on('close', () => sockets.delete(s));
+function refusingServer(engine: 'postgres' | 'mysql'): Promise<{ port: number; close(): Promise<void> }> {
+  return fakeServer((s) => {
     if (engine === 'postgres') {
       s.once('data', () => s.end('N'));
       return;
     }
-    s.write(
-      packet(
-        0,
-        buildGreeting({
-          serverVersion: '8.0.36-refusing',
-          connectionId: 1,
-          scramble: Buffer.from('ABCDEFGHIJKLMNOPQRST'),
-          capabilities:
-            (Cap.PROTOCOL_41 |
-              Cap.SSL |
-              Cap.SECURE_CONNECTION |
-              Cap.PLUGIN_AUTH |
-              Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA) >>>
-            0,
-          mariadbCapabilities: 0,
-          charset: 45,
-          status: 2,
-          authPlugin: AuthPlugin.NATIVE,
-        }),
-      ),
-    );
+    s.write(mysqlGreetingPacket('8.0.36-refusing'));
     s.once('data', () => s.destroy());
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    close: () =>
-      new Promise((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  };
 }
 
 /** One login attempt as `user` over a raw socket; resolves when the proxy closes it. */

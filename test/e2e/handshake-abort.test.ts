@@ -6,7 +6,6 @@
  * and the active-connections gauge are released, so the next client fits in maxConnections: 1
  * and a SIGTERM exits at once.
  */
-import net from 'node:net';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,47 +15,21 @@ import { startTestProxy, type TestProxy } from '../harness/proxy';
 import { startCli } from '../harness/cliproc';
 import { waitFor } from '../harness/util';
 import { registry } from '../../src/admin/metrics';
-import { AuthPlugin, buildGreeting, Cap, packet } from '../../src/engines/mysql/wire';
+import { fakeServer, mysqlGreetingPacket } from '../harness/fakeupstream';
 
 const ENDPOINT = 'stalled.cluster-abc.us-east-1.rds.amazonaws.com';
 
 /** A server that takes the encryption request, then never answers the ClientHello. */
 async function stalledServer(engine: 'postgres' | 'mysql'): Promise<{
   port: number;
-  /** ClientHellos received (bytes after the encryption step). */
+  /** Connections that went on to the TLS handshake (bytes after the encryption step). */
   hellos(): number;
   close(): Promise<void>;
 }> {
-  const sockets = new Set<net.Socket>();
   let hellos = 0;
-  const server = net.createServer((s) => {
-    sockets.add(s);
-    s.on('error', () => undefined);
-    s.on('close', () => sockets.delete(s));
+  const server = await fakeServer((s) => {
     let stage = 0;
-    if (engine === 'mysql') {
-      s.write(
-        packet(
-          0,
-          buildGreeting({
-            serverVersion: '8.0.36-stalled',
-            connectionId: 1,
-            scramble: Buffer.from('ABCDEFGHIJKLMNOPQRST'),
-            capabilities:
-              (Cap.PROTOCOL_41 |
-                Cap.SSL |
-                Cap.SECURE_CONNECTION |
-                Cap.PLUGIN_AUTH |
-                Cap.PLUGIN_AUTH_LENENC_CLIENT_DATA) >>>
-              0,
-            mariadbCapabilities: 0,
-            charset: 45,
-            status: 2,
-            authPlugin: AuthPlugin.NATIVE,
-          }),
-        ),
-      );
-    }
+    if (engine === 'mysql') s.write(mysqlGreetingPacket('8.0.36-stalled'));
     s.on('data', (d: Buffer) => {
       // Postgres: the 8-byte SSLRequest gets 'S'. MySQL: the SSLRequest packet needs no answer.
       if (stage === 0 && engine === 'postgres') s.write('S');
@@ -64,16 +37,7 @@ async function stalledServer(engine: 'postgres' | 'mysql'): Promise<{
       stage++;
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return {
-    port: (server.address() as net.AddressInfo).port,
-    hellos: () => hellos,
-    close: () =>
-      new Promise((r) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => r());
-      }),
-  };
+  return { ...server, hellos: () => hellos };
 }
 
 async function metric(name: string, labels: Record<string, string>): Promise<number> {

@@ -91,25 +91,7 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
     const passwordUsers = Object.keys(opts.passwordUsers ?? {});
     await fs.appendFile(
       path.join(dataDir, 'postgresql.conf'),
-      [
-        '',
-        '# rds-iam-proxy test harness',
-        `port = ${port}`,
-        `listen_addresses = '127.0.0.1'`,
-        `unix_socket_directories = '${socketDir}'`,
-        'ssl = on',
-        `ssl_cert_file = '${certFile}'`,
-        `ssl_key_file = '${keyFile}'`,
-        `password_encryption = 'scram-sha-256'`,
-        'max_connections = 200',
-        'fsync = off',
-        'synchronous_commit = off',
-        'full_page_writes = off',
-        'log_connections = on',
-        // Segments live in the data dir, so even a killed server leaves nothing in /dev/shm.
-        'dynamic_shared_memory_type = mmap',
-        '',
-      ].join('\n'),
+      harnessPostgresConf({ port, socketDir, certFile, keyFile, maxConnections: 200 }),
     );
     await fs.writeFile(
       path.join(dataDir, 'pg_hba.conf'),
@@ -173,4 +155,35 @@ async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg>
     await stop().catch(() => undefined);
     throw err;
   }
+}
+
+/** The postgresql.conf lines every harness cluster gets: its port, TLS, fast and throwaway. */
+export function harnessPostgresConf(o: {
+  port: number;
+  socketDir: string;
+  certFile: string;
+  keyFile: string;
+  maxConnections: number;
+  extra?: string[];
+}): string {
+  return [
+    '',
+    '# rds-iam-proxy test harness',
+    `port = ${o.port}`,
+    `listen_addresses = '127.0.0.1'`,
+    `unix_socket_directories = '${o.socketDir}'`,
+    'ssl = on',
+    `ssl_cert_file = '${o.certFile}'`,
+    `ssl_key_file = '${o.keyFile}'`,
+    `password_encryption = 'scram-sha-256'`,
+    `max_connections = ${o.maxConnections}`,
+    'fsync = off',
+    'synchronous_commit = off',
+    'full_page_writes = off',
+    'log_connections = on',
+    // Segments live in the data dir, so even a killed server leaves nothing in /dev/shm.
+    'dynamic_shared_memory_type = mmap',
+    ...(o.extra ?? []),
+    '',
+  ].join('\n');
 }

@@ -17,7 +17,7 @@ import { existsSync, promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { createCA, issueCert } from '../../src/net/certs';
 import { runProgram, type ProcResult, type RunOptions } from './clients';
-import { DEFAULT_PG_ENDPOINT } from './pg';
+import { DEFAULT_PG_ENDPOINT, harnessPostgresConf } from './pg';
 import { makeWorkDir, sqlString } from './rdslike';
 import { accountIds, freePort, requireRoot, run } from './util';
 
@@ -167,25 +167,14 @@ async function startOnce(native: string, opts: Pg18Options, port: number): Promi
 
     await fs.appendFile(
       path.join(dataDir, 'postgresql.conf'),
-      [
-        '',
-        '# rds-iam-proxy test harness',
-        `port = ${port}`,
-        `listen_addresses = '127.0.0.1'`,
-        `unix_socket_directories = '${socketDir}'`,
-        'ssl = on',
-        `ssl_cert_file = '${certFile}'`,
-        `ssl_key_file = '${keyFile}'`,
-        `ssl_min_protocol_version = 'TLSv1.2'`,
-        `password_encryption = 'scram-sha-256'`,
-        'max_connections = 50',
-        'fsync = off',
-        'synchronous_commit = off',
-        'full_page_writes = off',
-        'log_connections = on',
-        'dynamic_shared_memory_type = mmap',
-        '',
-      ].join('\n'),
+      harnessPostgresConf({
+        port,
+        socketDir,
+        certFile,
+        keyFile,
+        maxConnections: 50,
+        extra: [`ssl_min_protocol_version = 'TLSv1.2'`],
+      }),
     );
     await fs.writeFile(
       path.join(dataDir, 'pg_hba.conf'),
