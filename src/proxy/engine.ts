@@ -72,6 +72,12 @@ export interface HandshakeContext {
   log: Logger;
   /** Aborted with a ProxyError (deadline, shutdown, client gone): every step of the handshake stops. */
   signal: AbortSignal;
+  /**
+   * Waits for a login slot (limits.loginsPerSecond). The engine calls it once, right before a
+   * fresh upstream login; a client handed a pre-warmed session (or a cancel request) takes none.
+   * Rejects with a ProxyError (queue full: TooManyConnections) that the engine sends as usual.
+   */
+  loginSlot(): Promise<void>;
 }
 
 /** What every engine needs, resolved once from its listener's config (see app.ts buildEngine). */

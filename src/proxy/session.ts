@@ -39,7 +39,8 @@ export const SessionState = {
 export type SessionState = (typeof SessionState)[keyof typeof SessionState];
 
 /**
- * The path of one connection: (a login slot), handshake (engine), then splice. One
+ * The path of one connection: handshake (engine; it asks for a login slot right before a fresh
+ * upstream login, see loginSlot), then splice. One
  * AbortController covers the connection's life: the handshake deadline, a shutdown and the
  * client going away abort it with their own reason (a ProxyError), which is what the client is
  * told, what is logged and what is counted; after login only a shutdown aborts it, ending the
@@ -48,10 +49,12 @@ export type SessionState = (typeof SessionState)[keyof typeof SessionState];
  * remote, plus user and database once known. Owns `client`.
  */
 export class Session {
-  state: SessionState = SessionState.Queued;
+  state: SessionState = SessionState.Handshaking;
   readonly log: Logger;
   private readonly started = performance.now();
   private readonly controller = new AbortController();
+  /** Set when no login slot was given (queue full, or aborted while queued): the outcome is 'rejected'. */
+  private refusedSlot: ProxyError | undefined;
 
   constructor(
     private readonly client: net.Socket,
@@ -85,10 +88,6 @@ export class Session {
       this.abort(new ProxyError(ErrorCode.ClientGone, 'client closed the connection during the handshake'));
     client.once('close', onClientGone);
     try {
-      if (!(await this.waitForLoginSlot())) {
-        const reason = this.controller.signal.reason as ProxyError | undefined;
-        return { outcome: 'rejected', errorCode: reason?.code ?? ErrorCode.TooManyConnections };
-      }
       return await this.handshakeAndSplice(() => {
         clearTimeout(deadline);
         client.off('close', onClientGone);
@@ -104,10 +103,17 @@ export class Session {
     if (!this.controller.signal.aborted) this.controller.abort(reason);
   }
 
-  /** True when the handshake may start; false when the client was refused or left meanwhile. */
-  private async waitForLoginSlot(): Promise<boolean> {
+  /**
+   * The engine's `HandshakeContext.loginSlot`: waits for a login slot (limits.loginsPerSecond)
+   * right before a fresh upstream login. It is asked for by the engine rather than taken before
+   * the handshake so that a client served from the prewarm pool takes no slot (the refill that
+   * replaces its session takes one): one login, one slot. Rejects when the queue is full, or
+   * with the signal's reason (deadline, shutdown, client gone) while waiting; the engine then
+   * tells the client in its protocol, and the connection counts as rejected, as before.
+   */
+  private async loginSlot(): Promise<void> {
     const { loginGate: gate, observer, listener } = this.opts;
-    if (!gate) return true;
+    if (!gate) return;
     const t0 = performance.now();
     const ticket = gate.acquire();
     if (!ticket) {
@@ -120,22 +126,23 @@ export class Session {
         },
       );
       this.log.warn({ limit: 'login_queue', err: logError(err) }, 'refused');
-      this.engine.reject(this.client, err);
-      return false;
+      this.refusedSlot = err;
+      throw err;
     }
-    if (ticket.isGranted) return true;
+    if (ticket.isGranted) return;
+    this.state = SessionState.Queued;
     try {
       await untilAborted(ticket.granted, this.controller.signal);
     } catch (err) {
       ticket.cancel();
       const e = asProxyError(err);
       this.log.info({ ms: elapsed(this.started), err: logError(e) }, 'left the login queue');
-      if (e.code !== ErrorCode.ClientGone) this.engine.reject(this.client, e);
-      else this.client.destroy();
-      return false;
+      this.refusedSlot = e;
+      throw e;
+    } finally {
+      if (this.state === SessionState.Queued) this.state = SessionState.Handshaking;
     }
     observer.loginWaited(performance.now() - t0);
-    return true;
   }
 
   private onDeadline(): void {
@@ -165,13 +172,15 @@ export class Session {
     const { client, opts, log } = this;
     const { signal } = this.controller;
     this.state = SessionState.Handshaking;
-    const conn = this.engine.accept(client, { log, signal });
+    const conn = this.engine.accept(client, { log, signal, loginSlot: () => this.loginSlot() });
     let result;
     try {
       result = await conn.run();
     } catch (err) {
       const e = asProxyError(err);
       this.identify(conn.info);
+      // Refused or left while waiting for a login slot: logged and counted in loginSlot().
+      if (this.refusedSlot) return { outcome: 'rejected', errorCode: this.refusedSlot.code };
       // A client that connects and leaves (a TCP health check) is routine, not a warning.
       const level = e.code === ErrorCode.Internal ? 'error' : closesSilently(e) ? 'debug' : 'warn';
       log[level](

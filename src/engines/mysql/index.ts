@@ -177,6 +177,7 @@ interface UpstreamLogin {
 /** One client's handshake; see the module comment for the order of steps. */
 class MysqlHandshake extends EngineHandshake {
   private readonly leg: ClientLeg;
+  private readonly loginSlot: () => Promise<void>;
 
   constructor(
     private readonly engine: MysqlEngine,
@@ -185,12 +186,16 @@ class MysqlHandshake extends EngineHandshake {
   ) {
     super(client, ctx);
     this.leg = new ClientLeg(client, ctx.signal);
+    this.loginSlot = ctx.loginSlot;
   }
 
   protected async handshake(): Promise<HandshakeResult> {
     const e = this.engine;
     const l = e.options.listener;
     const t0 = performance.now();
+    // Only a fresh login takes a slot (limits.loginsPerSecond), before dialing so that a queued
+    // client holds no server connection.
+    await this.loginSlot();
     // An idle local socket must not hold a server connection each (max_connections): only
     // maxPendingHandshakes wait for their client's answer at once, for greetingTimeoutMs.
     const release = await this.engine.pending.acquire(this.signal);

@@ -142,6 +142,7 @@ export class PostgresEngine implements Engine {
 class PostgresHandshake extends EngineHandshake {
   /** The client socket errors go to: the TLS one once the client upgraded. */
   private down: Duplex;
+  private readonly loginSlot: () => Promise<void>;
 
   constructor(
     private readonly engine: PostgresEngine,
@@ -150,6 +151,7 @@ class PostgresHandshake extends EngineHandshake {
   ) {
     super(client, ctx);
     this.down = client;
+    this.loginSlot = ctx.loginSlot;
   }
 
   protected async handshake(): Promise<HandshakeResult | null> {
@@ -186,11 +188,13 @@ class PostgresHandshake extends EngineHandshake {
       k === 'user' ? upstreamUser : k === 'database' && l.upstream.database ? l.upstream.database : v,
     ]);
     if (l.upstream.database && !params.has('database')) mapped.push(['database', l.upstream.database]);
-    const session =
-      (await this.takeWarm(user, params.get('database') ?? user, start.version, start.params)) ??
-      (await this.withLease(e.options.secrets, e.tokenRequest(upstreamUser), (lease) =>
+    let session = await this.takeWarm(user, params.get('database') ?? user, start.version, start.params);
+    if (!session) {
+      await this.loginSlot(); // only a fresh login takes a slot (limits.loginsPerSecond)
+      session = await this.withLease(e.options.secrets, e.tokenRequest(upstreamUser), (lease) =>
         this.loginUpstream(start.version, mapped, upstreamUser, lease),
-      ));
+      );
+    }
     e.warm?.learn(user, params.get('database') ?? user, start.version, start.params);
     if (start.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
