@@ -1,8 +1,6 @@
 import https from 'node:https';
 import { readFileSync } from 'node:fs';
-import { fromNodeProviderChain, fromTemporaryCredentials } from '@aws-sdk/credential-providers';
 import type { AwsCredentialIdentity } from '@aws-sdk/types';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
 import type { AwsSettings } from '../config/schema';
 import { ErrorCode, ProxyError } from '../errors';
 import { type Clock, systemClock } from './clock';
@@ -47,32 +45,57 @@ export function applyAwsEnvironment(aws: AwsSettings, env: NodeJS.ProcessEnv = p
   if (aws.useFipsEndpoint) env['AWS_USE_FIPS_ENDPOINT'] = 'true';
 }
 
-/** STS client settings: region, endpoint (VPC interface endpoint), FIPS, custom CA bundle, timeout. */
-function stsClientConfig(aws: AwsSettings): Record<string, unknown> {
-  const cfg: Record<string, unknown> = {};
-  if (aws.region) cfg['region'] = aws.region;
-  if (aws.stsEndpoint) cfg['endpoint'] = aws.stsEndpoint;
-  if (aws.useFipsEndpoint) cfg['useFipsEndpoint'] = true;
-  if (aws.caBundle || aws.httpTimeoutMs) {
-    let ca: string | undefined;
-    if (aws.caBundle) {
-      try {
-        ca = readFileSync(aws.caBundle, 'utf8');
-      } catch (err) {
-        throw new ProxyError(
-          ErrorCode.Config,
-          `cannot read aws.caBundle ${aws.caBundle}: ${(err as Error).message}`,
-        );
-      }
+// The SDK's providers and HTTP handler are loaded when credentials are first needed (the first
+// mint), not at start: an idle proxy, or one with only password listeners, never pays for them.
+/* eslint-disable @typescript-eslint/no-require-imports */
+const sdkProviders = (): typeof import('@aws-sdk/credential-providers') =>
+  require('@aws-sdk/credential-providers') as typeof import('@aws-sdk/credential-providers');
+const sdkHttpHandler = (): typeof import('@smithy/node-http-handler') =>
+  require('@smithy/node-http-handler') as typeof import('@smithy/node-http-handler');
+/* eslint-enable @typescript-eslint/no-require-imports */
+
+/** The SDK's default provider chain, built (and its modules loaded) on the first call. */
+export function defaultCredentialSource(): CredentialSource {
+  let chain: ReturnType<typeof import('@aws-sdk/credential-providers').fromNodeProviderChain> | undefined;
+  return (opts) => {
+    chain ??= sdkProviders().fromNodeProviderChain();
+    return chain(opts?.forceRefresh ? { forceRefresh: true } : undefined);
+  };
+}
+
+/**
+ * STS client settings: region, endpoint (VPC interface endpoint), FIPS, custom CA bundle, timeout.
+ * The CA bundle is read here (a bad path fails at start); the returned function builds the
+ * client config, with the SDK's HTTP handler, when credentials are first resolved.
+ */
+function stsClientConfig(aws: AwsSettings): () => Record<string, unknown> {
+  let ca: string | undefined;
+  if (aws.caBundle) {
+    try {
+      ca = readFileSync(aws.caBundle, 'utf8');
+    } catch (err) {
+      throw new ProxyError(
+        ErrorCode.Config,
+        `cannot read aws.caBundle ${aws.caBundle}: ${(err as Error).message}`,
+      );
     }
-    cfg['requestHandler'] = new NodeHttpHandler({
-      ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}),
-      ...(aws.httpTimeoutMs
-        ? { connectionTimeout: aws.httpTimeoutMs, requestTimeout: aws.httpTimeoutMs * 5 }
-        : {}),
-    });
   }
-  return cfg;
+  let cfg: Record<string, unknown> | undefined;
+  return () => {
+    if (cfg) return cfg;
+    cfg = {};
+    if (aws.region) cfg['region'] = aws.region;
+    if (aws.stsEndpoint) cfg['endpoint'] = aws.stsEndpoint;
+    if (aws.useFipsEndpoint) cfg['useFipsEndpoint'] = true;
+    if (ca || aws.httpTimeoutMs)
+      cfg['requestHandler'] = new (sdkHttpHandler().NodeHttpHandler)({
+        ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}),
+        ...(aws.httpTimeoutMs
+          ? { connectionTimeout: aws.httpTimeoutMs, requestTimeout: aws.httpTimeoutMs * 5 }
+          : {}),
+      });
+    return cfg;
+  };
 }
 
 /**
@@ -110,24 +133,32 @@ export function memoizeCredentials(
  */
 export function buildCredentialSource(aws: AwsSettings, clock: Clock = systemClock): CredentialSource {
   const clientConfig = stsClientConfig(aws);
-  const chain = fromNodeProviderChain({
-    ...(aws.profile ? { profile: aws.profile } : {}),
-    ...(aws.httpTimeoutMs ? { timeout: aws.httpTimeoutMs } : {}),
-    clientConfig,
-  });
-  const base: CredentialSource = (opts) => chain(opts?.forceRefresh ? { forceRefresh: true } : undefined);
-  if (!aws.roleArn) return base;
-  const assume = fromTemporaryCredentials({
-    masterCredentials: () => base(),
-    params: {
-      RoleArn: aws.roleArn,
-      RoleSessionName: aws.roleSessionName ?? 'rds-iam-proxy',
-      ...(aws.externalId ? { ExternalId: aws.externalId } : {}),
-      ...(aws.roleDurationSeconds ? { DurationSeconds: aws.roleDurationSeconds } : {}),
-    },
-    clientConfig: clientConfig as never,
-  });
-  return memoizeCredentials(() => assume(), clock);
+  type Sdk = typeof import('@aws-sdk/credential-providers');
+  let chain: ReturnType<Sdk['fromNodeProviderChain']> | undefined;
+  const base: CredentialSource = (opts) => {
+    chain ??= sdkProviders().fromNodeProviderChain({
+      ...(aws.profile ? { profile: aws.profile } : {}),
+      ...(aws.httpTimeoutMs ? { timeout: aws.httpTimeoutMs } : {}),
+      clientConfig: clientConfig(),
+    });
+    return chain(opts?.forceRefresh ? { forceRefresh: true } : undefined);
+  };
+  const roleArn = aws.roleArn;
+  if (!roleArn) return base;
+  let assume: ReturnType<Sdk['fromTemporaryCredentials']> | undefined;
+  return memoizeCredentials(() => {
+    assume ??= sdkProviders().fromTemporaryCredentials({
+      masterCredentials: () => base(),
+      params: {
+        RoleArn: roleArn,
+        RoleSessionName: aws.roleSessionName ?? 'rds-iam-proxy',
+        ...(aws.externalId ? { ExternalId: aws.externalId } : {}),
+        ...(aws.roleDurationSeconds ? { DurationSeconds: aws.roleDurationSeconds } : {}),
+      },
+      clientConfig: clientConfig() as never,
+    });
+    return assume();
+  }, clock);
 }
 
 /** Stable key of the settings that shape a credential source, so listeners can share one. */

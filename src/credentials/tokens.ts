@@ -1,9 +1,6 @@
-import { Signer } from '@aws-sdk/rds-signer';
-import { fromNodeProviderChain } from '@aws-sdk/credential-providers';
 import { existsSync, readFileSync } from 'node:fs';
-import { DsqlSigner } from '@aws-sdk/dsql-signer';
 import type { AwsCredentialIdentity } from '@aws-sdk/types';
-import type { CredentialSource } from './providers';
+import { defaultCredentialSource, type CredentialSource } from './providers';
 import type { Listener } from '../config/schema';
 import { listenerRegion, upstreamPort } from '../config/load';
 import { ErrorCode, ProxyError } from '../errors';
@@ -67,7 +64,7 @@ export const TOKEN_LIFETIME_MS = 900_000;
  */
 export class IamTokenMinter implements TokenMinter {
   constructor(
-    private readonly credentials: CredentialSource = fromNodeProviderChain(),
+    private readonly credentials: CredentialSource = defaultCredentialSource(),
     private readonly clock: Clock = systemClock,
     /** rds (default) signs rds-db:connect; dsql signs DbConnect, or DbConnectAdmin for `admin`. */
     private readonly flavor: 'rds' | 'dsql' = 'rds',
@@ -92,7 +89,11 @@ export class IamTokenMinter implements TokenMinter {
   }
 }
 
+// The signers are loaded at the first mint, not at start: together about 70 ms of `require` and a
+// few MiB that a proxy with only password listeners never needs (docs/PERFORMANCE.md).
+/* eslint-disable @typescript-eslint/no-require-imports */
 function signRds(req: TokenRequest, credentials: AwsCredentialIdentity): Promise<string> {
+  const { Signer } = require('@aws-sdk/rds-signer') as typeof import('@aws-sdk/rds-signer');
   return new Signer({
     hostname: req.host,
     port: req.port,
@@ -104,9 +105,11 @@ function signRds(req: TokenRequest, credentials: AwsCredentialIdentity): Promise
 
 /** Aurora DSQL: the built-in `admin` role needs DbConnectAdmin; every other role DbConnect. */
 function signDsql(req: TokenRequest, credentials: AwsCredentialIdentity): Promise<string> {
+  const { DsqlSigner } = require('@aws-sdk/dsql-signer') as typeof import('@aws-sdk/dsql-signer');
   const signer = new DsqlSigner({ hostname: req.host, region: req.region, credentials });
   return req.user === 'admin' ? signer.getDbConnectAdminAuthToken() : signer.getDbConnectAuthToken();
 }
+/* eslint-enable @typescript-eslint/no-require-imports */
 
 /** True inside a container (Docker, Kubernetes, ECS), where IMDSv2 needs a hop limit of 2. */
 function inContainer(): boolean {
