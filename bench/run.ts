@@ -12,7 +12,7 @@
  *
  * Environment knobs (for quick runs while developing; the defaults are the benchmark):
  *   BENCH_ROUNDS=3  BENCH_SECONDS=8 (pgbench/sysbench run length; connect runs take half)
- *   BENCH_SKIP=loop,far,connect,mysql,memory (sections to leave out)
+ *   BENCH_SKIP=loop,far,connect,mysql,prewarm,memory (sections to leave out)
  *   BENCH_EXTRA=copy,iam (sections off by default: a 200 MB COPY, IAM connect time)
  *   BENCH_FAR_RTT_MS=0.5 (round trip the far-database relay aims for)
  *   BENCH_IDLE_CONNECTIONS=1000 (idle connections held for RSS per connection)
@@ -47,6 +47,7 @@ import {
   type MysqlSetup,
 } from './mysql';
 import { ensureNode24 } from './node24';
+import { prewarmTargets } from './prewarm';
 import {
   BENCH_USER,
   copyOut,
@@ -872,6 +873,10 @@ async function main(): Promise<void> {
         pgCpu ? perRound(my, pgCpu.proxy) : '-',
       );
   } else notMeasured('MySQL CPU per transaction', "<= 1.1x Postgres's", 'BENCH_SKIP');
+
+  if (!SKIP.has('prewarm'))
+    for (const r of await prewarmTargets()) addTarget(r.measure, r.target, r.result, r.ok);
+  else notMeasured('connect with prewarm vs direct IAM', '<= 0.2x', 'BENCH_SKIP');
 
   if (!SKIP.has('memory')) {
     const fake = await startFakeUpstream(dir, up.ca, up.caFile);
