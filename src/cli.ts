@@ -4,6 +4,7 @@ import { loadConfig, ConfigError } from './config/load';
 import type { Config } from './config/schema';
 import { URL_OPTIONS, urlLayer, type UrlFlags } from './config/url';
 import { createLogger } from './log';
+import { deferMetrics } from './admin/metrics';
 import { Runtime, resolveLogFormat } from './runtime';
 import { ExitCode, ProxyError } from './errors';
 import { version } from '../package.json';
@@ -90,6 +91,8 @@ async function run(urls: string[], flags: RunFlags): Promise<void> {
   if (fallback)
     log.warn('log.format pretty needs the pino-pretty package, which is not installed; logging JSON');
   if (flags.runConnectionTest) await connectionTest(cfg, log);
+  // No admin server, no /metrics: prom-client stays unloaded until a reload adds one.
+  if (cfg.admin.listen === undefined) deferMetrics();
   const runtime = new Runtime({ config: cfg, load: () => readConfig(urls, flags), log, version });
   await runtime.start();
   runtime.installSignals(process);

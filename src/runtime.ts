@@ -19,7 +19,7 @@ import { ConfigError } from './config/load';
 import type { Logger } from './log';
 import { startProxy, type AppDeps, type ProxyApp } from './app';
 import { AdminServer, type ReadinessReport } from './admin/http';
-import { metrics } from './admin/metrics';
+import { enableMetrics, metrics } from './admin/metrics';
 import { SystemdNotifier } from './admin/sdnotify';
 import { ErrorCode, ExitCode, logError, ProxyError } from './errors';
 
@@ -102,8 +102,10 @@ export class Runtime {
     metrics.buildInfo(this.options.version);
     this.proxy = await startProxy(this.cfg, { ...this.options.deps, log: this.log });
     try {
-      if (this.cfg.admin.listen !== undefined)
+      if (this.cfg.admin.listen !== undefined) {
+        enableMetrics();
         this.admin = await AdminServer.start(this.cfg.admin.listen, this.adminHandlers(), this.log);
+      }
     } catch (err) {
       await this.proxy.close();
       throw err;
@@ -248,6 +250,7 @@ export class Runtime {
     let freshAdmin: AdminServer | undefined;
     try {
       if (adminChanged && next.admin.listen !== undefined) {
+        enableMetrics();
         freshAdmin = await AdminServer.start(next.admin.listen, this.adminHandlers(), this.log);
       }
       const summary = await this.proxy.reload(next);
