@@ -131,8 +131,11 @@ describe('run', () => {
     console.log(
       `proxy RSS during a ${mb(rows * 1001)} MB COPY: baseline ${mb(baseline)} MB, peak ${mb(peak)} MB`,
     );
-    // Backpressure keeps memory flat: growth is a small fraction of the result size.
-    expect(peak - baseline).toBeLessThan(64 * 1048576);
+    // Backpressure keeps memory flat: growth is a fraction of the result size (without it, the
+    // whole 210 MB would be buffered). Node 24's default young generation lets released buffers
+    // reach about 70 MB before a scavenge (Node 20: about 20 MB); the image and the systemd unit
+    // run with --max-semi-space-size=1, which keeps it lower.
+    expect(peak - baseline).toBeLessThan(96 * 1048576);
   });
 
   test('logs carry no token or secret, and SIGTERM exits 0', async () => {
