@@ -152,7 +152,7 @@ function buildEngine(
     case 'postgres':
       return new PostgresEngine({ ...common, cancels: shared.cancels, ...(prewarm ? { prewarm } : {}) });
     case 'mysql':
-      return new MysqlEngine(common);
+      return new MysqlEngine({ ...common, ...(prewarm ? { prewarm } : {}) });
     default: {
       const never: never = l.engine;
       throw new ProxyError(ErrorCode.Config, `unknown engine ${String(never)}`);

@@ -227,7 +227,7 @@ function createBackend() {
   });
   const prewarmDiscards = new client.Counter({
     name: 'rds_iam_proxy_prewarm_discards_total',
-    help: 'Warm upstream sessions closed unused, per listener, key and reason (max_age, closed, dead, evicted, apply_failed, shutdown)',
+    help: 'Warm upstream sessions closed unused, per listener, key and reason (max_age, closed, dead, evicted, apply_failed, stale, greeted, shutdown)',
     labelNames: ['listener', 'key', 'reason'],
     registers,
   });

@@ -109,6 +109,10 @@ export type PrewarmDiscard =
   | 'evicted'
   /** Applying the client's parameters failed after it was taken. */
   | 'apply_failed'
+  /** Its key's clients changed (MySQL capabilities or character set): no client could use it. */
+  | 'stale'
+  /** MySQL: its greeting went to a client that could not use it (another user or capabilities). */
+  | 'greeted'
   /** The listener closed or was replaced. */
   | 'shutdown';
 

@@ -91,6 +91,8 @@ interface KeyState<S, P> {
   failures: number;
   /** performance.now() before which no refill starts (backoff). */
   retryAt: number;
+  /** From the last `learn`: sessions no client of the current profile could use. */
+  stale?: ((s: S) => boolean) | undefined;
 }
 
 /** A ready session handed out, with what the engine's `fit` made of it. */
@@ -193,6 +195,40 @@ export class PrewarmPool<S, P> {
     return undefined;
   }
 
+  /**
+   * Takes the oldest alive ready session of the most recently used key that has one, before the
+   * client has named its key (MySQL: the server speaks first, so the greeting must be a warm
+   * session's). Counts nothing: the caller reports `handedOut`, or `spoilt` / `missed`.
+   */
+  reserve(): { session: S; key: WarmKey<P> } | undefined {
+    if (this.closed) return undefined;
+    for (const state of [...this.keys.values()].reverse()) {
+      for (const r of [...state.ready]) {
+        if (!this.o.backend.alive(r.session)) {
+          this.drop(state, r, 'dead');
+          continue;
+        }
+        state.ready.splice(state.ready.indexOf(r), 1);
+        clearTimeout(r.timer);
+        r.unwatch();
+        this.report(state);
+        this.pump();
+        return { session: r.session, key: state.key };
+      }
+    }
+    return undefined;
+  }
+
+  /** Counts a hand-out of a session from `reserve`. */
+  handedOut(user: string, database: string): void {
+    this.observer.prewarmHandedOut(this.o.listener, this.labelFor(this.keys.get(keyId(user, database))));
+  }
+
+  /** Counts a client that got a fresh login without a session from `take` (e.g. none reserved). */
+  missed(user: string, database: string, reason: PrewarmMiss): void {
+    this.observer.prewarmMissed(this.o.listener, this.labelFor(this.keys.get(keyId(user, database))), reason);
+  }
+
   /** Counts a miss the engine found after `take` (e.g. a SET the server refused), closing the session. */
   spoilt(user: string, database: string, s: S, reason: PrewarmDiscard, miss: PrewarmMiss): void {
     const label = this.labelFor(this.keys.get(keyId(user, database)));
@@ -203,15 +239,21 @@ export class PrewarmPool<S, P> {
 
   /**
    * Records a successful client login for (user, database) with its startup `profile`: refills
-   * of a known key use it from now on; an unknown key is learned when `learn` > 0 (the least
-   * recently used learned key is dropped beyond that).
+   * of a known key use it from now on (ready sessions `stale` accepts are replaced); an unknown
+   * key is learned when `learn` > 0 (the least recently used learned key is dropped beyond that).
    */
-  learn(user: string, database: string, profile: P): void {
+  learn(user: string, database: string, profile: P, stale?: (s: S) => boolean): void {
     if (this.closed) return;
     const id = keyId(user, database);
     const known = this.keys.get(id);
     if (known) {
       known.key = { ...known.key, profile };
+      // Ready sessions no client of the new profile could use (MySQL capabilities) are replaced.
+      if (stale) {
+        known.stale = stale;
+        for (const r of known.ready.filter((x) => stale(x.session))) this.drop(known, r, 'stale');
+        this.pump();
+      }
       if (known.learned) {
         this.keys.delete(id); // re-insert: most recently used last
         this.keys.set(id, known);
@@ -299,6 +341,12 @@ export class PrewarmPool<S, P> {
       }
       state.failures = 0;
       state.retryAt = 0;
+      // Logged in with a profile a `learn` replaced meanwhile.
+      if (state.stale?.(session)) {
+        this.o.backend.close(session);
+        this.observer.prewarmDiscarded(this.o.listener, state.label, 'stale');
+        return;
+      }
       this.addReady(state, session);
     } catch (err) {
       if (this.closed) return;

@@ -2,9 +2,11 @@
  * Pre-warmed upstream logins (listeners[].prewarm) end to end: real clients (node-postgres,
  * psql) through the proxy to an RDS-like PostgreSQL whose token verifier counts every login.
  */
+import mysql from 'mysql2/promise';
 import { Client, Pool } from 'pg';
 import { registry } from '../../src/admin/metrics';
 import { psql } from '../harness/clients';
+import { startRdsLikeMariaDb, type RdsLikeMariaDb } from '../harness/mariadb';
 import { startRdsLikePostgres, type RdsLikePg } from '../harness/pg';
 import { LONG_SESSION_TOKEN, startTestProxy, type TestProxy } from '../harness/proxy';
 import { waitFor } from '../harness/util';
@@ -326,5 +328,125 @@ describe('refills and the login rate limit', () => {
     const seconds = (Date.now() - since) / 1000;
     // A burst of 2, then 2 per second: never all 8 at once.
     expect(bobLogins()).toBeLessThanOrEqual(2 + Math.ceil(2 * seconds));
+  });
+});
+
+describe('MySQL', () => {
+  let my: RdsLikeMariaDb;
+  let mp: TestProxy;
+  const KEY = 'alice/'; // a configured key without a database: COM_INIT_DB selects the client's
+
+  beforeAll(async () => {
+    my = await startRdsLikeMariaDb({ users: ['alice'] });
+    mp = await startTestProxy({
+      listeners: [
+        {
+          name: 'mywarm',
+          engine: 'mysql',
+          listen: '127.0.0.1:0',
+          upstream: { host: my.host, port: my.port, address: my.address, tls: { ca: my.caFile } },
+          client: { tls: 'off' },
+          prewarm: { size: 2, keys: [{ user: 'alice' }] },
+        },
+      ],
+    });
+    // The first client teaches the key mysql2's capabilities; sessions logged in with the
+    // initial profile are replaced.
+    const c = await connectMy();
+    await c.end();
+    await untilReady('mywarm', KEY, 2);
+  });
+
+  afterAll(async () => {
+    await mp?.close();
+    await my?.stop();
+  });
+
+  const connectMy = (o: mysql.ConnectionOptions = {}): Promise<mysql.Connection> =>
+    mysql.createConnection({
+      host: '127.0.0.1',
+      port: mp.port('mywarm'),
+      user: 'alice',
+      database: 'otherdb',
+      ...o,
+    });
+
+  const loggedIn = (from: number): Record<string, unknown>[] =>
+    mp
+      .records()
+      .slice(from)
+      .filter((r) => r['msg'] === 'logged in');
+
+  test('a warm session: its greeting is the connection id, COM_INIT_DB selects the database', async () => {
+    await untilReady('mywarm', KEY, 1);
+    const from = mp.logs.length;
+    const handouts = await metric('rds_iam_proxy_prewarm_handouts_total', { listener: 'mywarm', key: KEY });
+    const c = await connectMy();
+    try {
+      const [rows] = await c.query<mysql.RowDataPacket[]>('SELECT CONNECTION_ID() AS id, DATABASE() AS db');
+      expect(rows[0]).toEqual({ id: c.threadId, db: 'otherdb' });
+    } finally {
+      await c.end();
+    }
+    expect(loggedIn(from)).toEqual([expect.objectContaining({ prewarmed: true, listener: 'mywarm' })]);
+    expect(await metric('rds_iam_proxy_prewarm_handouts_total', { listener: 'mywarm', key: KEY })).toBe(
+      handouts + 1,
+    );
+  });
+
+  test('KILL QUERY with the greeted connection id reaches the warm session', async () => {
+    await untilReady('mywarm', KEY, 1);
+    const from = mp.logs.length;
+    const c = await connectMy();
+    const killer = await connectMy({ database: 'appdb' });
+    try {
+      expect(loggedIn(from)[0]).toMatchObject({ prewarmed: true });
+      const slow = c.query<mysql.RowDataPacket[]>('SELECT SLEEP(60) AS s');
+      await waitFor(
+        async () => {
+          const [p] = await killer.query<mysql.RowDataPacket[]>(
+            'SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST WHERE ID = ? AND INFO LIKE ?',
+            [c.threadId, 'SELECT SLEEP%'],
+          );
+          return Number(p[0]?.['n']) === 1;
+        },
+        10_000,
+        'the SLEEP to run',
+      );
+      await killer.query(`KILL QUERY ${c.threadId}`);
+      // MariaDB: ER_QUERY_INTERRUPTED; the session itself lives on.
+      await expect(slow).rejects.toMatchObject({ errno: 1317 });
+      const [rows] = await c.query<mysql.RowDataPacket[]>('SELECT CONNECTION_ID() AS id');
+      expect(rows[0]).toEqual({ id: c.threadId });
+    } finally {
+      await Promise.all([c.end(), killer.end()]);
+    }
+  });
+
+  test('a client with other capability flags gets a fresh login', async () => {
+    await untilReady('mywarm', KEY, 1);
+    const from = mp.logs.length;
+    const misses = await metric('rds_iam_proxy_prewarm_misses_total', {
+      listener: 'mywarm',
+      key: KEY,
+      reason: 'capabilities',
+    });
+    const c = await connectMy({ multipleStatements: true });
+    try {
+      const [rows] = await c.query<mysql.RowDataPacket[][]>('SELECT 1 AS a; SELECT DATABASE() AS db');
+      expect(rows).toEqual([[{ a: 1 }], [{ db: 'otherdb' }]]);
+    } finally {
+      await c.end();
+    }
+    const [line] = loggedIn(from);
+    expect(line).toMatchObject({ listener: 'mywarm' });
+    expect(line?.['prewarmed']).toBeUndefined();
+    expect(
+      await metric('rds_iam_proxy_prewarm_misses_total', {
+        listener: 'mywarm',
+        key: KEY,
+        reason: 'capabilities',
+      }),
+    ).toBe(misses + 1);
   });
 });

@@ -32,7 +32,10 @@ import type { UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, elapsedMs, endWith } from '../../proxy/handshake';
 import { Slots } from '../../proxy/limits';
 import { untilAborted } from '../../abort';
+import type { PrewarmMiss } from '../../proxy/observer';
+import type { WarmKey } from '../../proxy/prewarm';
 import { LocalUsers, makeScramble } from './auth';
+import { MyPrewarm, type MyPrewarmDeps, type MyProfile, type WarmMy } from './warm';
 import { CommandPhase } from './changeUser';
 import {
   authenticateClient,
@@ -98,7 +101,10 @@ export const MYSQL_ERRORS: Record<ErrorCode, { errno: number; sqlState: string }
 };
 
 /** A MySQL listener's options. */
-export type MysqlEngineOptions = EngineOptions;
+export interface MysqlEngineOptions extends EngineOptions {
+  /** Login gate, metrics and log for the warm-session pool (used when listeners[].prewarm is set). */
+  prewarm?: MyPrewarmDeps;
+}
 
 /** The MySQL engine for one listener. */
 export class MysqlEngine implements Engine {
@@ -119,6 +125,21 @@ export class MysqlEngine implements Engine {
         `listener ${l.name}: auth.mode dsql is for Aurora DSQL, which speaks PostgreSQL only; use iam for MySQL`,
       );
     }
+    this.warm =
+      l.prewarm && options.prewarm
+        ? new MyPrewarm(l, this.target, options.secrets, (s) => this.credentials(s), options.prewarm)
+        : undefined;
+  }
+
+  /** Warm upstream sessions (listeners[].prewarm); undefined when off. */
+  readonly warm: MyPrewarm | undefined;
+
+  start(): void {
+    this.warm?.start();
+  }
+
+  close(): void {
+    this.warm?.close();
   }
 
   accept(client: net.Socket, ctx: HandshakeContext): MysqlHandshake {
@@ -172,6 +193,8 @@ interface UpstreamLogin {
   socket: tls.TLSSocket;
   /** The server's OK, relayed to the client. */
   ok: Buffer;
+  /** Bytes read past the OK (a warm session's COM_INIT_DB); else the leg's reader holds them. */
+  leftover?: Buffer;
 }
 
 /** One client's handshake; see the module comment for the order of steps. */
@@ -193,25 +216,37 @@ class MysqlHandshake extends EngineHandshake {
     const e = this.engine;
     const l = e.options.listener;
     const t0 = performance.now();
-    // Only a fresh login takes a slot (limits.loginsPerSecond), before dialing so that a queued
-    // client holds no server connection.
-    await this.loginSlot();
+    // A warm session (listeners[].prewarm) is reserved before the client speaks: the greeting
+    // must be its own (see warm.ts). Only a fresh login takes a slot (limits.loginsPerSecond),
+    // before dialing so that a queued client holds no server connection.
+    const warm = e.warm?.reserve();
+    if (warm) this.own(warm.session.up.leg);
+    else await this.loginSlot();
     // An idle local socket must not hold a server connection each (max_connections): only
     // maxPendingHandshakes wait for their client's answer at once, for greetingTimeoutMs.
     const release = await this.engine.pending.acquire(this.signal);
-    let up: OpenUpstream;
+    let up: OpenUpstream | undefined;
     let client: { response: HandshakeResponse; secure: boolean };
     const scramble = makeScramble();
     try {
-      up = await this.openUpstream();
-      client = await this.readClient(up.greeting, scramble);
+      up = warm ? undefined : await this.openUpstream();
+      client = await this.readClient((warm?.session.up ?? (up as OpenUpstream)).greeting, scramble);
     } finally {
       release();
     }
     const upstreamUser = l.upstream.user ?? client.response.user;
     this.info.upstreamUser = upstreamUser;
     const database = l.upstream.database ?? client.response.database;
-    const login = await this.loginUpstream(up, client.response, upstreamUser, database);
+    let login = warm ? await this.takeWarm(warm.session, warm.key, client.response, database) : undefined;
+    if (!login) {
+      if (!warm) e.warm?.missed(client.response.user);
+      else {
+        await this.loginSlot();
+        up = await this.openUpstream();
+      }
+      login = await this.loginUpstream(up as OpenUpstream, client.response, upstreamUser, database);
+    }
+    e.warm?.learn(client.response);
     if (this.leg.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
     this.leg.send(login.ok);
@@ -231,7 +266,7 @@ class MysqlHandshake extends EngineHandshake {
       this.info,
       this.log,
     );
-    const upstreamLeftover = login.up.leg.reader.detach();
+    const upstreamLeftover = login.leftover ?? login.up.leg.reader.detach();
     this.log.debug({ ms: elapsedMs(t0), compressed }, 'mysql handshake complete');
     return {
       downstream: this.leg.socket,
@@ -239,6 +274,46 @@ class MysqlHandshake extends EngineHandshake {
       downstreamLeftover: this.leg.reader.detach(),
       upstreamLeftover,
     };
+  }
+
+  /**
+   * The reserved warm session as this client's login, with its database selected; undefined when
+   * it does not fit or COM_INIT_DB failed: it is closed (its greeting was this client's) and the
+   * caller logs in afresh.
+   */
+  private async takeWarm(
+    w: WarmMy,
+    key: WarmKey<MyProfile>,
+    response: HandshakeResponse,
+    database: string | undefined,
+  ): Promise<UpstreamLogin | undefined> {
+    const warm = this.engine.warm as MyPrewarm;
+    const fit = warm.fit(w, key, response, database);
+    if ('miss' in fit) return this.dropWarm(w, key, fit.miss, `the client does not fit it (${fit.miss})`);
+    let handed: { ok: Buffer; leftover: Buffer };
+    try {
+      handed = await warm.handOut(w, key, fit.initDb, this.signal);
+    } catch (err) {
+      if (this.signal.aborted) throw err;
+      return this.dropWarm(w, key, 'apply_failed', err instanceof Error ? err.message : String(err));
+    }
+    this.info.prewarmed = true;
+    this.info.tlsCipher = w.socket.getCipher()?.name;
+    this.info.upstreamHost = this.engine.target.dial.host;
+    this.info.upstreamAddress = peerAddress(w.socket);
+    this.info.serverConnectionId = w.up.greeting.connectionId;
+    return { up: w.up, response: w.response, socket: w.socket, ok: handed.ok, leftover: handed.leftover };
+  }
+
+  /** Closes a reserved warm session this client cannot use; returns undefined (log in afresh). */
+  private dropWarm(w: WarmMy, key: WarmKey<MyProfile>, miss: PrewarmMiss, reason: string): undefined {
+    this.disown(w.up.leg);
+    this.engine.warm?.spoilt(w, key, miss);
+    this.log.info(
+      { reason, greetedConnectionId: w.up.greeting.connectionId },
+      'warm session not used; logging in afresh',
+    );
+    return undefined;
   }
 
   /** Dials and reads the server's greeting (first: the client must see the real server). */

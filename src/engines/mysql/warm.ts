@@ -1,0 +1,299 @@
+/**
+ * Pre-warmed MySQL sessions (listeners[].prewarm). A warm session is logged in ahead of time
+ * with the capability flags, character set, max packet size and attributes of its key's last
+ * client (its profile), and held idle until one client takes it.
+ *
+ * The server speaks first in MySQL, so the proxy must greet a client before it knows who the
+ * client is: the handshake reserves a ready session (`reserve`), greets the client with that
+ * session's own greeting (its connection id, so CONNECTION_ID() and KILL QUERY match; the scramble
+ * is the proxy's, as on every path), then reads the HandshakeResponse. The session is used
+ * (`fit` + `handOut`) only when the client's user is the key's user, its capabilities (except
+ * SSL, CONNECT_WITH_DB and CONNECT_ATTRS, which do not shape the command phase) and character set
+ * equal the session's, and its database is the session's or can be selected with COM_INIT_DB.
+ * Otherwise the session is closed (never returned: its connection id was shown to this client)
+ * and the client gets a fresh login; its greeting then named a connection id that is not its
+ * own (documented in README "Pre-warmed logins"). Learned keys make the match the common case.
+ */
+import type tls from 'node:tls';
+import { untilAborted } from '../../abort';
+import type { Listener } from '../../config/schema';
+import { tokenRequestFor, type TokenSource } from '../../credentials/tokens';
+import { ErrorCode, ProxyError } from '../../errors';
+import type { Logger } from '../../log';
+import { SocketReader } from '../../net/reader';
+import type { LoginGate } from '../../proxy/limits';
+import type { PrewarmMiss, PrewarmObserver } from '../../proxy/observer';
+import { loginWithLease } from '../../proxy/handshake';
+import { PrewarmPool, type PrewarmBackend, type WarmKey } from '../../proxy/prewarm';
+import {
+  type Credentials,
+  login,
+  type OpenUpstream,
+  openUpstream,
+  startTls,
+  type UpstreamTarget,
+  upstreamHandshakeResponse,
+} from './upstream';
+import {
+  Cap,
+  Header,
+  type HandshakeResponse,
+  MAX_HANDSHAKE_PACKET,
+  packet,
+  parseErr,
+  readPacket,
+} from './wire';
+
+/** What a warm session logs in with: the key's last client's side of the HandshakeResponse. */
+export interface MyProfile {
+  capabilities: number;
+  mariadbCapabilities: number;
+  charset: number;
+  maxPacketSize: number;
+  attributes?: Buffer;
+}
+
+/** Capabilities that do not change how the command phase is framed or answered. */
+const IGNORED_CAPS = Cap.SSL | Cap.CONNECT_WITH_DB | Cap.CONNECT_ATTRS;
+
+/** utf8mb4_general_ci, and the flags of a 4.1 client: the profile of a key no client has used yet. */
+const INITIAL_PROFILE: MyProfile = {
+  capabilities:
+    Cap.LONG_PASSWORD |
+    Cap.LONG_FLAG |
+    Cap.PROTOCOL_41 |
+    Cap.TRANSACTIONS |
+    Cap.SECURE_CONNECTION |
+    Cap.MULTI_RESULTS |
+    Cap.PLUGIN_AUTH,
+  mariadbCapabilities: 0,
+  charset: 45,
+  maxPacketSize: 16 * 1024 * 1024,
+};
+
+/** True when a client with `p` can use a session logged in with `q`. */
+export function sameProfile(p: MyProfile, q: MyProfile): boolean {
+  return (
+    ((p.capabilities ^ q.capabilities) & ~IGNORED_CAPS) === 0 &&
+    p.mariadbCapabilities === q.mariadbCapabilities &&
+    p.charset === q.charset
+  );
+}
+
+/** A client's HandshakeResponse as a profile. */
+export function profileOf(r: HandshakeResponse): MyProfile {
+  return {
+    capabilities: r.capabilities,
+    mariadbCapabilities: r.mariadbCapabilities,
+    charset: r.charset,
+    maxPacketSize: r.maxPacketSize,
+    ...(r.attributes ? { attributes: r.attributes } : {}),
+  };
+}
+
+/** A logged-in, idle upstream session. */
+export interface WarmMy {
+  /** The greeted connection (its greeting names the server's connection id). */
+  up: OpenUpstream;
+  socket: tls.TLSSocket;
+  /** The HandshakeResponse sent upstream (capabilities as negotiated with the server). */
+  response: HandshakeResponse;
+  profile: MyProfile;
+  /** The database its login selected (upstream name), if any. */
+  database: string | undefined;
+  /** The server's OK to the login. */
+  ok: Buffer;
+  /** Set by the idle watch when the server closed it or sent anything. */
+  dead: boolean;
+}
+
+/** What app.ts hands a MySQL listener for prewarm. */
+export interface MyPrewarmDeps {
+  gate?: LoginGate | undefined;
+  observer?: PrewarmObserver | undefined;
+  log: Logger;
+}
+
+/** The decision for a reserved session once the client's response is known. */
+export type MyFit = { initDb: string | undefined } | { miss: PrewarmMiss };
+
+/** 0x02 COM_INIT_DB. https://dev.mysql.com/doc/dev/mysql-server/latest/page_protocol_com_init_db.html */
+const COM_INIT_DB = 0x02;
+
+/** The pool of warm MySQL sessions for one listener. */
+export class MyPrewarm {
+  readonly pool: PrewarmPool<WarmMy, MyProfile>;
+
+  constructor(
+    private readonly listener: Listener,
+    private readonly target: UpstreamTarget,
+    private readonly secrets: TokenSource,
+    private readonly credentials: (secret: () => Promise<string>) => Credentials,
+    deps: MyPrewarmDeps,
+  ) {
+    const settings = listener.prewarm;
+    if (!settings) throw new ProxyError(ErrorCode.Internal, 'MyPrewarm without listeners[].prewarm');
+    const log = deps.log.child({ listener: listener.name, component: 'prewarm' });
+    const backend: PrewarmBackend<WarmMy, MyProfile> = {
+      open: (key, signal) => this.open(key, signal, log),
+      watch,
+      alive,
+      close: (w) => w.up.leg.destroy(),
+    };
+    this.pool = new PrewarmPool({
+      listener: listener.name,
+      settings,
+      backend,
+      gate: deps.gate,
+      observer: deps.observer,
+      log,
+      // A MySQL key without a database logs in without one; COM_INIT_DB selects the client's.
+      defaultDatabase: () => '',
+      initialProfile: INITIAL_PROFILE,
+    });
+  }
+
+  /** A ready session to greet the next client with (see the module comment), or undefined. */
+  reserve(): { session: WarmMy; key: WarmKey<MyProfile> } | undefined {
+    return this.pool.reserve();
+  }
+
+  /**
+   * Whether `w` (reserved for `key`) serves a client with `response` that wants `database`
+   * upstream (already mapped by upstream.database): COM_INIT_DB when the database differs.
+   */
+  fit(w: WarmMy, key: WarmKey<MyProfile>, response: HandshakeResponse, database: string | undefined): MyFit {
+    if (response.user !== key.user) return { miss: 'no_key' };
+    if (!sameProfile(profileOf(response), w.profile)) return { miss: 'capabilities' };
+    if (database === w.database) return { initDb: undefined };
+    // MySQL cannot deselect a database; a compressed session would need COM_INIT_DB compressed.
+    if (database === undefined || response.capabilities & Cap.COMPRESS) return { miss: 'startup' };
+    return { initDb: database };
+  }
+
+  /**
+   * Makes `w` the client's: selects `initDb` if given and returns the OK to relay (COM_INIT_DB's,
+   * else the login's) and bytes read past it. Rejects with the server's error, and the caller
+   * logs in afresh.
+   */
+  async handOut(
+    w: WarmMy,
+    key: WarmKey<MyProfile>,
+    initDb: string | undefined,
+    signal: AbortSignal,
+  ): Promise<{ ok: Buffer; leftover: Buffer }> {
+    if (!alive(w)) throw new ProxyError(ErrorCode.UpstreamUnreachable, 'the warm session was closed');
+    if (initDb === undefined) {
+      this.pool.handedOut(key.user, key.database);
+      return { ok: w.ok, leftover: Buffer.alloc(0) };
+    }
+    const reader = new SocketReader(w.socket, MAX_HANDSHAKE_PACKET * 2, 'server', signal);
+    w.socket.resume();
+    try {
+      w.socket.write(packet(0, Buffer.concat([Buffer.from([COM_INIT_DB]), Buffer.from(initDb, 'utf8')])));
+      const p = await readPacket(reader);
+      if (p.payload[0] === Header.ERR) {
+        const e = parseErr(p.payload);
+        throw new ProxyError(
+          ErrorCode.UpstreamProtocol,
+          `COM_INIT_DB on a warm session failed: ${e.message}`,
+        );
+      }
+      if (p.payload[0] !== Header.OK)
+        throw new ProxyError(
+          ErrorCode.UpstreamProtocol,
+          'unexpected answer to COM_INIT_DB on a warm session',
+        );
+      w.database = initDb;
+      this.pool.handedOut(key.user, key.database);
+      return { ok: p.payload, leftover: reader.detach() };
+    } finally {
+      reader.detach();
+    }
+  }
+
+  /** Closes a reserved session the client could not use, counting the miss. */
+  spoilt(w: WarmMy, key: WarmKey<MyProfile>, miss: PrewarmMiss): void {
+    this.pool.spoilt(key.user, key.database, w, miss === 'apply_failed' ? 'apply_failed' : 'greeted', miss);
+  }
+
+  /** Counts a client that found no session reserved for it. */
+  missed(user: string): void {
+    const k = this.pool.knownKeys().find((x) => x.user === user);
+    this.pool.missed(user, k?.database ?? '', k ? 'empty' : 'no_key');
+  }
+
+  /**
+   * Records a successful login of a client with `response`: its user's keys log in with its
+   * profile from now on, and ready sessions it could not use are replaced.
+   */
+  learn(response: HandshakeResponse): void {
+    const profile = profileOf(response);
+    const stale = (w: WarmMy): boolean => !sameProfile(profile, w.profile);
+    const keys = this.pool.knownKeys().filter((k) => k.user === response.user);
+    if (keys.length === 0) this.pool.learn(response.user, '', profile, stale);
+    for (const k of keys) this.pool.learn(k.user, k.database, profile, stale);
+  }
+
+  start(): void {
+    this.pool.start();
+  }
+
+  close(): void {
+    this.pool.close();
+  }
+
+  /** Logs one session in: greeting, SSLRequest, verify-full TLS, HandshakeResponse41 with the token. */
+  private open(key: WarmKey<MyProfile>, signal: AbortSignal, log: Logger): Promise<WarmMy> {
+    const l = this.listener;
+    const user = l.upstream.user ?? key.user;
+    const database = l.upstream.database ?? (key.database || undefined);
+    const client: HandshakeResponse = { ...key.profile, user, authData: Buffer.alloc(0) };
+    return loginWithLease(this.secrets, tokenRequestFor(l, user), log, async (lease) => {
+      const up = await openUpstream(this.target, undefined, signal);
+      try {
+        const response = upstreamHandshakeResponse(client, up.greeting, user, database);
+        const socket = await startTls(up, response, this.target, undefined, signal);
+        const ok = await login(
+          up,
+          response,
+          this.credentials(() => untilAborted(lease.secret, signal)),
+        );
+        const extra = up.leg.reader.detach();
+        return { up, socket, response, profile: key.profile, database, ok, dead: extra.length > 0 };
+      } catch (err) {
+        up.leg.destroy();
+        throw err;
+      }
+    });
+  }
+}
+
+/** Any byte, end or error from the server while idle makes the session dead (it is never handed out). */
+function watch(w: WarmMy, onDeath: () => void): () => void {
+  const s = w.socket;
+  const die = (): void => {
+    w.dead = true;
+    stop();
+    onDeath();
+  };
+  const stop = (): void => {
+    s.off('data', die);
+    s.off('end', die);
+    s.off('close', die);
+    s.off('error', die);
+    s.on('error', () => undefined);
+    s.pause();
+  };
+  s.on('data', die);
+  s.on('end', die);
+  s.on('close', die);
+  s.on('error', die);
+  s.resume();
+  return stop;
+}
+
+function alive(w: WarmMy): boolean {
+  const s = w.socket;
+  return !w.dead && !s.destroyed && s.readable && !s.readableEnded && s.readableLength === 0;
+}
