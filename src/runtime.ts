@@ -130,10 +130,9 @@ export class Runtime {
     this.recheckReady();
   }
 
-  /** What the start-up line says: version, listener addresses, admin address. */
+  /** What the start-up line adds to every line's service and version: listener and admin addresses. */
   private startupFields(): Record<string, unknown> {
     return {
-      version: this.options.version,
       listeners: this.proxy?.listeners.map((l) => ({ name: l.name, address: l.address() })) ?? [],
       ...(this.admin ? { admin: this.admin.address() } : {}),
     };

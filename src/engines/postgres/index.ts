@@ -1,6 +1,6 @@
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { asProxyError, ErrorCode, ProxyError } from '../../errors';
+import { asProxyError, ErrorCode, logError, ProxyError } from '../../errors';
 import { upstreamTargetFor } from '../../net/dial';
 import {
   type Engine,
@@ -259,14 +259,14 @@ class PostgresHandshake extends EngineHandshake {
     this.client.destroy();
     const target = this.engine.options.cancels.get(pid, key);
     if (!target) {
-      this.log.info({ pid }, 'cancel request for an unknown session ignored');
+      this.log.info({ backendPid: pid }, 'cancel request for an unknown session ignored');
       return;
     }
     try {
       await sendCancel(target, pid, key, AbortSignal.timeout(2 * target.dial.connectTimeoutMs));
-      this.log.info({ pid }, 'cancel request forwarded');
+      this.log.info({ backendPid: pid }, 'cancel request forwarded');
     } catch (err) {
-      this.log.warn({ pid, err: asProxyError(err).message }, 'cancel request could not be forwarded');
+      this.log.warn({ backendPid: pid, err: logError(err) }, 'cancel request could not be forwarded');
     }
   }
 
