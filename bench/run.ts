@@ -160,7 +160,8 @@ async function preflight(): Promise<void> {
     if (!(await have(c))) missing.push(`${c} (apt-get install postgresql-client-15)`);
   if (!existsSync('/usr/include/security/pam_modules.h'))
     missing.push('libpam0g-dev and gcc (the test PAM module)');
-  if (!existsSync(CLI)) missing.push(`the built CLI ${CLI} (npm run build)`);
+  if (!existsSync(CLI))
+    missing.push(`the built CLI ${CLI} (npm run bench bundles it as the package ships it)`);
   if (missing.length > 0)
     throw new Error(`cannot run the benchmark; it needs:\n  - ${missing.join('\n  - ')}`);
 }

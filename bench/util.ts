@@ -10,8 +10,12 @@ import * as path from 'node:path';
 
 /** The repository root (this file runs from dist/bench). */
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
-/** The built CLI the proxy processes run; BENCH_PROXY_CLI points at another build (A/B of a change). */
-export const CLI = process.env['BENCH_PROXY_CLI'] ?? path.join(REPO_ROOT, 'dist', 'src', 'cli.js');
+/**
+ * The CLI the proxy processes run: the single-file bundle the package and the image ship, which
+ * `npm run bench` builds here (`npm run bundle` with another --outfile); BENCH_PROXY_CLI points at
+ * another build (A/B of a change).
+ */
+export const CLI = process.env['BENCH_PROXY_CLI'] ?? path.join(REPO_ROOT, 'bench', '.cache', 'cli.js');
 
 const t0 = Date.now();
 
