@@ -4,8 +4,8 @@
  * optionally RSS per idle connection (against bench/fakepg.ts, held by bench/holder.ts).
  *
  *   node dist/bench/ab.js [--rounds 5] [--conns 1000] [--node24] VARIANT...
- *   VARIANT = label=path/to/cli.js[,node-flag...]   e.g.  main=/tmp/main/dist/src/cli.js
- *                                                          lazy=dist/src/cli.js,--max-semi-space-size=1
+ *   VARIANT = label=path/to/cli.js[,node-flag|NAME=value...]   e.g.  main=/tmp/main/dist/src/cli.js
+ *     lazy=dist/src/cli.js,--max-semi-space-size=1   cc=dist/src/cli.js,NODE_COMPILE_CACHE=/tmp/cc
  *
  * Each proxy has one Postgres listener with `client.tls: auto` and `localTls.dir` (the CA is made
  * on the first start of each variant and runtime, then reused: the "repeated" start of run.ts).
@@ -35,6 +35,7 @@ interface Variant {
   label: string;
   cli: string;
   flags: string[];
+  env: Record<string, string>;
 }
 
 function parseArgs(argv: string[]): { rounds: number; conns: number; node24: boolean; variants: Variant[] } {
@@ -50,8 +51,14 @@ function parseArgs(argv: string[]): { rounds: number; conns: number; node24: boo
     else {
       const eq = a.indexOf('=');
       if (eq < 1) throw new Error(`expected label=cli.js[,flags], got ${a}`);
-      const [cli = '', ...flags] = a.slice(eq + 1).split(',');
-      variants.push({ label: a.slice(0, eq), cli: path.resolve(cli), flags });
+      const [cli = '', ...rest] = a.slice(eq + 1).split(',');
+      const flags = rest.filter((f) => f.startsWith('-'));
+      const env = Object.fromEntries(
+        rest
+          .filter((f) => !f.startsWith('-'))
+          .map((f) => [f.slice(0, f.indexOf('=')), f.slice(f.indexOf('=') + 1)]),
+      );
+      variants.push({ label: a.slice(0, eq), cli: path.resolve(cli), flags, env });
     }
   }
   if (variants.length === 0) throw new Error('no variants given');
@@ -105,7 +112,7 @@ async function main(): Promise<void> {
           name: 'ab',
           dir: sub,
           listeners: [listener],
-          env,
+          env: { ...env, ...v.env },
           node: rt.node,
           cli: v.cli,
           nodeFlags: v.flags,
@@ -134,7 +141,7 @@ async function main(): Promise<void> {
           dir,
           name: `conns-${k.replace(/\W/g, '_')}`,
           listener: { upstream: listener.upstream, auth: listener.auth, clientTls: 'auto' },
-          env,
+          env: { ...env, ...v.env },
           counts: [o.conns],
           node: rt.node,
           cli: v.cli,
