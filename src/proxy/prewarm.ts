@@ -192,6 +192,7 @@ export class PrewarmPool<S, P> {
       return { session: r.session, fit: f };
     }
     this.observer.prewarmMissed(this.o.listener, state.label, reason);
+    this.pump(); // replaces sessions found dead on the way
     return undefined;
   }
 
@@ -216,6 +217,7 @@ export class PrewarmPool<S, P> {
         return { session: r.session, key: state.key };
       }
     }
+    this.pump(); // replaces sessions found dead on the way
     return undefined;
   }
 
