@@ -16,7 +16,7 @@ import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { createCA } from '../src/net/certs';
-import { FAKE_HOST, measureIdleConnections, startFakeUpstream } from './memory';
+import { FAKE_HOST, measureIdleConnections, settledRss, startFakeUpstream } from './memory';
 import { ensureNode24 } from './node24';
 import { startProxyProcess, type ListenerSpec } from './proxy';
 import {
@@ -27,7 +27,6 @@ import {
   median,
   progress,
   renderTable,
-  rssKiB,
   sleep,
 } from './util';
 
@@ -63,18 +62,6 @@ function parseArgs(argv: string[]): { rounds: number; conns: number; node24: boo
   }
   if (variants.length === 0) throw new Error('no variants given');
   return { rounds, conns, node24, variants };
-}
-
-/** RSS once two reads 500 ms apart agree within 1 % (as memory.ts does), KiB. */
-async function steadyRss(pid: number): Promise<number> {
-  let prev = await rssKiB(pid);
-  for (let i = 0; i < 20; i++) {
-    await sleep(500);
-    const cur = await rssKiB(pid);
-    if (Math.abs(cur - prev) <= prev * 0.01) return cur;
-    prev = cur;
-  }
-  return prev;
 }
 
 async function main(): Promise<void> {
@@ -121,7 +108,7 @@ async function main(): Promise<void> {
         });
         const cpuAtListening = await cpuSeconds(p.pid);
         await sleep(1000);
-        const idle = await steadyRss(p.pid);
+        const idle = await settledRss(p.pid);
         await p.stop();
         if (r === 0) continue; // the first start of each makes the CA; the rest reuse it
         push(wall, k, p.startMs);

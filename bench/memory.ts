@@ -161,7 +161,7 @@ function summarizeRefusal(err: string): string {
 }
 
 /** Waits for RSS to settle (two reads 500 ms apart within 1%), up to 3 s; returns the last read. */
-async function settledRss(pid: number): Promise<number> {
+export async function settledRss(pid: number): Promise<number> {
   let prev = await rssKiB(pid);
   for (let i = 0; i < 6; i++) {
     await sleep(500);
@@ -189,7 +189,7 @@ export async function measureIdleConnections(o: {
   cli?: string;
   /** The node binary (default: the one running the bench). */
   node?: string;
-  /** Node flags for the proxy (default: BENCH_PROXY_NODE_FLAGS). */
+  /** Node flags for the proxy (default: as startProxyProcess). */
   nodeFlags?: string[];
   user: string;
   database: string;

@@ -27,6 +27,14 @@ export interface ProxyProcess extends Daemon {
   spawnedAt: number;
 }
 
+/**
+ * Node flags of the proxy processes: what the image and the systemd unit set in NODE_OPTIONS
+ * (--max-semi-space-size=1), or BENCH_PROXY_NODE_FLAGS (space-separated; empty for none).
+ */
+const PROXY_NODE_FLAGS = (process.env['BENCH_PROXY_NODE_FLAGS'] ?? '--max-semi-space-size=1')
+  .split(' ')
+  .filter(Boolean);
+
 /** Environment for the child: no ambient AWS settings, IMDS off, plus `extra`. */
 function childEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
@@ -94,7 +102,7 @@ export async function startProxyProcess(o: {
   const nofile = o.nofile ?? 65536;
   const argv = [
     o.node ?? process.execPath,
-    ...(o.nodeFlags ?? (process.env['BENCH_PROXY_NODE_FLAGS'] ?? '').split(' ').filter(Boolean)),
+    ...(o.nodeFlags ?? PROXY_NODE_FLAGS),
     o.cli ?? CLI,
     'run',
     '--config',

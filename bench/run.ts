@@ -18,7 +18,8 @@
  *   BENCH_IDLE_CONNECTIONS=1000 (idle connections held for RSS per connection)
  *   BENCH_STARTS=3 (cold starts per Node version)
  *   BENCH_PROXY_CLI=/path/to/dist/src/cli.js (measure another build, e.g. a prototype of a change)
- *   BENCH_PROXY_NODE_FLAGS="--max-semi-space-size=1" (node flags for the proxy processes)
+ *   BENCH_PROXY_NODE_FLAGS="--max-semi-space-size=1" (node flags for the proxy processes; the default
+ *     is this, as the image and the systemd unit set it in NODE_OPTIONS; "" for none)
  *   BENCH_PERF_DIR=/tmp/prof (a profiled extra run per peer process and leg; needs linux-perf;
  *     add BENCH_PROXY_NODE_FLAGS=--perf-basic-prof for JavaScript names)
  */
