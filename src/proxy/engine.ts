@@ -6,6 +6,7 @@ import type { Dialer, UpstreamTarget } from '../net/dial';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../log';
 import type { ProxyError } from '../errors';
+import { endWith } from './handshake';
 
 /** Handshake phase durations in milliseconds, logged at login and fed to metrics. */
 export interface PhaseTimings {
@@ -130,4 +131,31 @@ export function peerAddress(s: net.Socket): string | undefined {
   const { remoteAddress: a, remotePort: p } = s;
   if (a === undefined || p === undefined) return undefined;
   return a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`;
+}
+
+/**
+ * What both engines share: the life of their warm-session pool (listeners[].prewarm), and a
+ * refusal before any handshake (limits, shutdown) sent in the protocol's own words.
+ */
+export abstract class EngineBase implements Engine {
+  /** Warm upstream sessions (listeners[].prewarm); undefined when off. */
+  abstract readonly warm: { readonly pool: { start(): void; close(): void } } | undefined;
+
+  abstract accept(client: net.Socket, ctx: HandshakeContext): EngineConnection;
+
+  /** The protocol's first-packet error for `err`, sent by reject(). */
+  protected abstract refusal(err: ProxyError): Buffer;
+
+  start(): void {
+    this.warm?.pool.start();
+  }
+
+  close(): void {
+    this.warm?.pool.close();
+  }
+
+  reject(client: net.Socket, err: ProxyError): void {
+    client.on('error', () => undefined);
+    endWith(client, this.refusal(err));
+  }
 }

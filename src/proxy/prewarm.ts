@@ -425,3 +425,86 @@ function keyId(user: string, database: string): string {
 function isMiss(v: unknown): v is { miss: PrewarmMiss } {
   return typeof v === 'object' && v !== null && 'miss' in v;
 }
+
+/** What the shared idle watch needs of an engine's warm session. */
+export interface IdleSession {
+  /** The logged-in upstream socket. */
+  readonly socket: import('node:stream').Duplex;
+  /** Set by the watch when the server closed the session or sent anything while idle. */
+  dead: boolean;
+}
+
+/**
+ * Watches an idle warm session: any byte, end or error from the server makes it dead (it is
+ * never handed out) and calls `onDeath` once. Returns the function that stops watching and
+ * pauses the socket for the hand-out. Both engines' `PrewarmBackend.watch`.
+ */
+export function watchIdle(w: IdleSession, onDeath: () => void): () => void {
+  const s = w.socket;
+  const die = (): void => {
+    w.dead = true;
+    stop();
+    onDeath();
+  };
+  const stop = (): void => {
+    s.off('data', die);
+    s.off('end', die);
+    s.off('close', die);
+    s.off('error', die);
+    s.on('error', () => undefined);
+    s.pause();
+  };
+  s.on('data', die);
+  s.on('end', die);
+  s.on('close', die);
+  s.on('error', die);
+  s.resume();
+  return stop;
+}
+
+/** True while a warm session may be handed out: not dead, socket open, nothing buffered. */
+export function idleAlive(w: IdleSession): boolean {
+  const s = w.socket;
+  return !w.dead && !s.destroyed && s.readable && !s.readableEnded && s.readableLength === 0;
+}
+
+/** What an engine's prewarm needs from the app: the login gate, metrics and the log. */
+export interface PrewarmDeps {
+  gate?: LoginGate | undefined;
+  observer?: PrewarmObserver | undefined;
+  log: Logger;
+}
+
+/**
+ * The pool for a listener with `listeners[].prewarm`, built the way both engines need it: a
+ * child logger, the shared idle watch, and the engine's `open` / `close` of one warm session.
+ */
+export function listenerPool<S extends IdleSession, P>(
+  listener: { name: string; prewarm?: PrewarmSettings | undefined },
+  deps: PrewarmDeps,
+  engine: {
+    open(key: WarmKey<P>, signal: AbortSignal, log: Logger): Promise<S>;
+    close(s: S): void;
+    defaultDatabase: (user: string) => string;
+    initialProfile: P;
+  },
+): PrewarmPool<S, P> {
+  const settings = listener.prewarm;
+  if (!settings) throw new Error(`listener ${listener.name} has no prewarm settings`);
+  const log = deps.log.child({ listener: listener.name, component: 'prewarm' });
+  return new PrewarmPool<S, P>({
+    listener: listener.name,
+    settings,
+    backend: {
+      open: (key, signal) => engine.open(key, signal, log),
+      watch: (s, onDeath) => watchIdle(s, onDeath),
+      alive: (s) => idleAlive(s),
+      close: (s) => engine.close(s),
+    },
+    gate: deps.gate,
+    observer: deps.observer,
+    log,
+    defaultDatabase: engine.defaultDatabase,
+    initialProfile: engine.initialProfile,
+  });
+}

@@ -22,13 +22,12 @@ import { refusedLoginHint } from '../../credentials/hints';
 import { ErrorCode, ProxyError } from '../../errors';
 import { upstreamTargetFor } from '../../net/dial';
 import {
-  type Engine,
+  EngineBase,
   type EngineOptions,
   type HandshakeContext,
   type HandshakeResult,
-  peerAddress,
 } from '../../proxy/engine';
-import type { UpstreamProbe } from '../../proxy/engine';
+import { peerAddress, type UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, elapsedMs, endWith } from '../../proxy/handshake';
 import { Slots } from '../../proxy/limits';
 import { untilAborted } from '../../abort';
@@ -107,7 +106,7 @@ export interface MysqlEngineOptions extends EngineOptions {
 }
 
 /** The MySQL engine for one listener. */
-export class MysqlEngine implements Engine {
+export class MysqlEngine extends EngineBase {
   readonly target: UpstreamTarget;
   /** Set when client.auth is password. */
   readonly users: LocalUsers | undefined;
@@ -115,6 +114,7 @@ export class MysqlEngine implements Engine {
   readonly pending: Slots;
 
   constructor(readonly options: MysqlEngineOptions) {
+    super();
     const l = options.listener;
     this.target = upstreamTargetFor(l, options.dialer, options.upstreamCa);
     this.users = l.client.auth === 'password' ? new LocalUsers(options.localUsers) : undefined;
@@ -131,24 +131,14 @@ export class MysqlEngine implements Engine {
         : undefined;
   }
 
-  /** Warm upstream sessions (listeners[].prewarm); undefined when off. */
   readonly warm: MyPrewarm | undefined;
-
-  start(): void {
-    this.warm?.start();
-  }
-
-  close(): void {
-    this.warm?.close();
-  }
 
   accept(client: net.Socket, ctx: HandshakeContext): MysqlHandshake {
     return new MysqlHandshake(this, client, ctx);
   }
 
-  reject(client: net.Socket, err: ProxyError): void {
-    client.on('error', () => undefined);
-    endWith(client, packet(0, buildErr(this.errorFor(err))));
+  protected refusal(err: ProxyError): Buffer {
+    return packet(0, buildErr(this.errorFor(err)));
   }
 
   /**

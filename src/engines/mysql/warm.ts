@@ -21,10 +21,9 @@ import { tokenRequestFor, type TokenSource } from '../../credentials/tokens';
 import { ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import { SocketReader } from '../../net/reader';
-import type { LoginGate } from '../../proxy/limits';
-import type { PrewarmMiss, PrewarmObserver } from '../../proxy/observer';
+import type { PrewarmMiss } from '../../proxy/observer';
 import { loginWithLease } from '../../proxy/handshake';
-import { PrewarmPool, type PrewarmBackend, type WarmKey } from '../../proxy/prewarm';
+import { idleAlive, listenerPool, type PrewarmDeps, PrewarmPool, type WarmKey } from '../../proxy/prewarm';
 import {
   type Credentials,
   login,
@@ -108,11 +107,8 @@ export interface WarmMy {
 }
 
 /** What app.ts hands a MySQL listener for prewarm. */
-export interface MyPrewarmDeps {
-  gate?: LoginGate | undefined;
-  observer?: PrewarmObserver | undefined;
-  log: Logger;
-}
+/** What the MySQL prewarm needs from the app. */
+export type MyPrewarmDeps = PrewarmDeps;
 
 /** The decision for a reserved session once the client's response is known. */
 export type MyFit = { initDb: string | undefined } | { miss: PrewarmMiss };
@@ -131,22 +127,9 @@ export class MyPrewarm {
     private readonly credentials: (secret: () => Promise<string>) => Credentials,
     deps: MyPrewarmDeps,
   ) {
-    const settings = listener.prewarm;
-    if (!settings) throw new ProxyError(ErrorCode.Internal, 'MyPrewarm without listeners[].prewarm');
-    const log = deps.log.child({ listener: listener.name, component: 'prewarm' });
-    const backend: PrewarmBackend<WarmMy, MyProfile> = {
-      open: (key, signal) => this.open(key, signal, log),
-      watch,
-      alive,
+    this.pool = listenerPool(listener, deps, {
+      open: (key, signal, log) => this.open(key, signal, log),
       close: (w) => w.up.leg.destroy(),
-    };
-    this.pool = new PrewarmPool({
-      listener: listener.name,
-      settings,
-      backend,
-      gate: deps.gate,
-      observer: deps.observer,
-      log,
       // A MySQL key without a database logs in without one; COM_INIT_DB selects the client's.
       defaultDatabase: () => '',
       initialProfile: INITIAL_PROFILE,
@@ -182,7 +165,7 @@ export class MyPrewarm {
     initDb: string | undefined,
     signal: AbortSignal,
   ): Promise<{ ok: Buffer; leftover: Buffer }> {
-    if (!alive(w)) throw new ProxyError(ErrorCode.UpstreamUnreachable, 'the warm session was closed');
+    if (!idleAlive(w)) throw new ProxyError(ErrorCode.UpstreamUnreachable, 'the warm session was closed');
     if (initDb === undefined) {
       this.pool.handedOut(key.user, key.database);
       return { ok: w.ok, leftover: Buffer.alloc(0) };
@@ -235,14 +218,6 @@ export class MyPrewarm {
     for (const k of keys) this.pool.learn(k.user, k.database, profile, stale);
   }
 
-  start(): void {
-    this.pool.start();
-  }
-
-  close(): void {
-    this.pool.close();
-  }
-
   /** Logs one session in: greeting, SSLRequest, verify-full TLS, HandshakeResponse41 with the token. */
   private open(key: WarmKey<MyProfile>, signal: AbortSignal, log: Logger): Promise<WarmMy> {
     const l = this.listener;
@@ -267,33 +242,4 @@ export class MyPrewarm {
       }
     });
   }
-}
-
-/** Any byte, end or error from the server while idle makes the session dead (it is never handed out). */
-function watch(w: WarmMy, onDeath: () => void): () => void {
-  const s = w.socket;
-  const die = (): void => {
-    w.dead = true;
-    stop();
-    onDeath();
-  };
-  const stop = (): void => {
-    s.off('data', die);
-    s.off('end', die);
-    s.off('close', die);
-    s.off('error', die);
-    s.on('error', () => undefined);
-    s.pause();
-  };
-  s.on('data', die);
-  s.on('end', die);
-  s.on('close', die);
-  s.on('error', die);
-  s.resume();
-  return stop;
-}
-
-function alive(w: WarmMy): boolean {
-  const s = w.socket;
-  return !w.dead && !s.destroyed && s.readable && !s.readableEnded && s.readableLength === 0;
 }

@@ -3,13 +3,12 @@ import type { Duplex } from 'node:stream';
 import { asProxyError, ErrorCode, logError, ProxyError } from '../../errors';
 import { upstreamTargetFor } from '../../net/dial';
 import {
-  type Engine,
+  EngineBase,
   type EngineOptions,
   type HandshakeContext,
   type HandshakeResult,
-  peerAddress,
 } from '../../proxy/engine';
-import type { UpstreamProbe } from '../../proxy/engine';
+import { peerAddress, type UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, endWith } from '../../proxy/handshake';
 import type { TokenLease } from '../../credentials/tokens';
 import { type TokenRequest, tokenRequestFor } from '../../credentials/tokens';
@@ -77,11 +76,12 @@ export interface PostgresEngineOptions extends EngineOptions {
 }
 
 /** The Postgres engine for one listener. */
-export class PostgresEngine implements Engine {
+export class PostgresEngine extends EngineBase {
   readonly target: UpstreamTarget;
   readonly users: LocalUsers;
 
   constructor(readonly options: PostgresEngineOptions) {
+    super();
     this.target = upstreamTargetFor(options.listener, options.dialer, options.upstreamCa);
     this.users = new LocalUsers(options.localUsers);
     this.warm =
@@ -90,24 +90,14 @@ export class PostgresEngine implements Engine {
         : undefined;
   }
 
-  /** Warm upstream sessions (listeners[].prewarm); undefined when off. */
   readonly warm: PgPrewarm | undefined;
-
-  start(): void {
-    this.warm?.start();
-  }
-
-  close(): void {
-    this.warm?.close();
-  }
 
   accept(client: net.Socket, ctx: HandshakeContext): PostgresHandshake {
     return new PostgresHandshake(this, client, ctx);
   }
 
-  reject(client: net.Socket, err: ProxyError): void {
-    client.on('error', () => undefined);
-    endWith(client, this.errorFor(err));
+  protected refusal(err: ProxyError): Buffer {
+    return this.errorFor(err);
   }
 
   /**

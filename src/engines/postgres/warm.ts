@@ -13,10 +13,9 @@ import { tokenRequestFor, type TokenSource } from '../../credentials/tokens';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import { SocketReader } from '../../net/reader';
-import type { LoginGate } from '../../proxy/limits';
-import type { PrewarmMiss, PrewarmObserver } from '../../proxy/observer';
+import type { PrewarmMiss } from '../../proxy/observer';
 import { loginWithLease } from '../../proxy/handshake';
-import { PrewarmPool, type PrewarmBackend, type WarmKey } from '../../proxy/prewarm';
+import { listenerPool, type PrewarmDeps, PrewarmPool, type WarmKey } from '../../proxy/prewarm';
 import { connectTls, login, type UpstreamSession, type UpstreamTarget } from './upstream';
 import {
   AuthCode,
@@ -71,11 +70,8 @@ export interface WarmPg {
 }
 
 /** What app.ts hands a Postgres listener for prewarm. */
-export interface PgPrewarmDeps {
-  gate?: LoginGate | undefined;
-  observer?: PrewarmObserver | undefined;
-  log: Logger;
-}
+/** What the Postgres prewarm needs from the app. */
+export type PgPrewarmDeps = PrewarmDeps;
 
 /** Frontend 'Q' (simple Query). */
 const QUERY = 0x51;
@@ -178,22 +174,9 @@ export class PgPrewarm {
     private readonly secrets: TokenSource,
     deps: PgPrewarmDeps,
   ) {
-    const settings = listener.prewarm;
-    if (!settings) throw new ProxyError(ErrorCode.Internal, 'PgPrewarm without listeners[].prewarm');
-    const log = deps.log.child({ listener: listener.name, component: 'prewarm' });
-    const backend: PrewarmBackend<WarmPg, PgProfile> = {
-      open: (key, signal) => this.open(key, signal, log),
-      watch,
-      alive,
+    this.pool = listenerPool(listener, deps, {
+      open: (key, signal, log) => this.open(key, signal, log),
       close: (w) => w.socket.destroy(),
-    };
-    this.pool = new PrewarmPool({
-      listener: listener.name,
-      settings,
-      backend,
-      gate: deps.gate,
-      observer: deps.observer,
-      log,
       defaultDatabase: (user) => user,
       initialProfile: { version: PROTOCOL_3_0, params: [], seen: false },
     });
@@ -249,14 +232,6 @@ export class PgPrewarm {
     const kept = params.filter(([k]) => k !== 'user' && k !== 'database');
     const prev = this.pool.profile(user, database);
     this.pool.learn(user, database, nextProfile(prev ?? { version, params: [], seen: false }, version, kept));
-  }
-
-  start(): void {
-    this.pool.start();
-  }
-
-  close(): void {
-    this.pool.close();
   }
 
   /** Logs one warm session in: the key mapped like a client's startup (upstream.user / database). */
@@ -316,35 +291,6 @@ function cstrings(b: Buffer): string[] {
 
 function parameterStatus(name: string, value: string): Buffer {
   return message(Backend.ParameterStatus, Buffer.from(`${name}\0${value}\0`, 'utf8'));
-}
-
-/** Any byte, end or error from the server while idle makes the session dead (it is never handed out). */
-function watch(w: WarmPg, onDeath: () => void): () => void {
-  const die = (): void => {
-    w.dead = true;
-    stop();
-    onDeath();
-  };
-  const s = w.socket;
-  const stop = (): void => {
-    s.off('data', die);
-    s.off('end', die);
-    s.off('close', die);
-    s.off('error', die);
-    s.on('error', () => undefined);
-    s.pause();
-  };
-  s.on('data', die);
-  s.on('end', die);
-  s.on('close', die);
-  s.on('error', die);
-  s.resume();
-  return stop;
-}
-
-function alive(w: WarmPg): boolean {
-  const s = w.socket;
-  return !w.dead && !s.destroyed && s.readable && !s.readableEnded && s.readableLength === 0;
 }
 
 /**
