@@ -1,5 +1,5 @@
 /**
- * The Go peers of the benchmark: builds bench/gorelay (the Go sidecars' data path: plaintext in,
+ * The Go peers of the benchmark: builds (buildTool) bench/gorelay (the Go sidecars' data path: plaintext in,
  * verify-full TLS out, io.Copy) and bench/delayrelay (a TCP relay that delays each chunk, to put
  * the database "far away" without netem) with Debian's golang-go into bench/.cache, starts them,
  * and measures the round trip the delaying relay really adds.
@@ -13,17 +13,30 @@ import { freePort, mustRun, REPO_ROOT, startDaemon, waitForPort, type Daemon } f
 /** Where the bench keeps what it builds or downloads (git-ignored). */
 export const CACHE_DIR = path.join(REPO_ROOT, 'bench', '.cache');
 
-/** Builds bench/<name>/main.go into bench/.cache/<name> unless the binary is newer; returns its path. */
-export async function buildGo(name: 'gorelay' | 'delayrelay'): Promise<string> {
-  const src = path.join(REPO_ROOT, 'bench', name, 'main.go');
+/**
+ * Builds a bench tool from source into bench/.cache/<name> unless the binary is newer; returns its
+ * path. bench/<name>/main.go is built with Debian's golang-go; bench/<name>/main.c with gcc against
+ * Debian's libmariadb-dev (`mariadb_config`), the MySQL client library of bench/myconnect.
+ */
+export async function buildTool(name: 'gorelay' | 'delayrelay' | 'myconnect'): Promise<string> {
+  const dir = path.join(REPO_ROOT, 'bench', name);
+  const go = existsSync(path.join(dir, 'main.go'));
+  const src = path.join(dir, go ? 'main.go' : 'main.c');
   const out = path.join(CACHE_DIR, name);
   const [s, o] = await Promise.all([fs.stat(src), fs.stat(out).catch(() => undefined)]);
   if (o && o.mtimeMs >= s.mtimeMs) return out;
   await fs.mkdir(CACHE_DIR, { recursive: true });
-  await mustRun('go', ['build', '-o', out, src], {
-    env: { GOCACHE: path.join(CACHE_DIR, 'go-build'), GOPATH: path.join(CACHE_DIR, 'gopath'), GOFLAGS: '' },
-    timeoutMs: 300_000,
-  });
+  if (go) {
+    await mustRun('go', ['build', '-o', out, src], {
+      env: { GOCACHE: path.join(CACHE_DIR, 'go-build'), GOPATH: path.join(CACHE_DIR, 'gopath'), GOFLAGS: '' },
+      timeoutMs: 300_000,
+    });
+  } else {
+    const flags = (await mustRun('mariadb_config', ['--cflags', '--libs'])).stdout
+      .split(/\s+/)
+      .filter(Boolean);
+    await mustRun('gcc', ['-O2', '-o', out, src, ...flags], { timeoutMs: 120_000 });
+  }
   return out;
 }
 

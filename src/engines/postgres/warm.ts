@@ -226,12 +226,19 @@ export class PgPrewarm {
     };
   }
 
-  /** Records a successful fresh login, so the key's next warm sessions start like this client. */
+  /**
+   * Records a successful login, so the key's next warm sessions start like this client; ready
+   * sessions a client of the new profile could not use are replaced.
+   */
   learn(user: string, database: string, version: number, params: [string, string][]): void {
     if (typeof startupSettings(params) === 'string') return;
     const kept = params.filter(([k]) => k !== 'user' && k !== 'database');
     const prev = this.pool.profile(user, database);
-    this.pool.learn(user, database, nextProfile(prev ?? { version, params: [], seen: false }, version, kept));
+    const profile = nextProfile(prev ?? { version, params: [], seen: false }, version, kept);
+    // Ready sessions with a setting the new profile dropped would miss every such client until
+    // their maximum age: they are replaced now.
+    const stale = (w: WarmPg): boolean => 'miss' in planFor(w, profile.version, profile.params);
+    this.pool.learn(user, database, profile, stale);
   }
 
   /** Logs one warm session in: the key mapped like a client's startup (upstream.user / database). */
