@@ -236,10 +236,11 @@ class MysqlHandshake extends EngineHandshake {
       }
       login = await this.loginUpstream(up as OpenUpstream, client.response, upstreamUser, database);
     }
-    e.warm?.learn(client.response);
     if (this.leg.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
     this.leg.send(login.ok);
+    // After the OK: the client waits for nothing the pool does.
+    e.warm?.learn(client.response);
 
     const compressed = (login.response.capabilities & Cap.COMPRESS) !== 0;
     const phase = new CommandPhase(

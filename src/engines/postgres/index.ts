@@ -185,11 +185,12 @@ class PostgresHandshake extends EngineHandshake {
         this.loginUpstream(start.version, mapped, upstreamUser, lease),
       );
     }
-    e.warm?.learn(user, params.get('database') ?? user, start.version, start.params);
     if (start.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
     this.info.serverConnectionId = session.backendKey?.pid;
     this.down.write(session.relay.length === 1 ? (session.relay[0] as Buffer) : Buffer.concat(session.relay));
+    // After ReadyForQuery: the client waits for nothing the pool does.
+    e.warm?.learn(user, params.get('database') ?? user, start.version, start.params);
     const forget = session.backendKey
       ? e.options.cancels.add(session.backendKey.pid, session.backendKey.key, e.target)
       : undefined;
