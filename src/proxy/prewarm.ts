@@ -239,12 +239,16 @@ export class PrewarmPool<S, P> {
     this.observer.prewarmMissed(this.o.listener, this.labelFor(this.keys.get(keyId(user, database))), reason);
   }
 
-  /** Counts a miss the engine found after `take` (e.g. a SET the server refused), closing the session. */
-  spoilt(user: string, database: string, s: S, reason: PrewarmDiscard, miss: PrewarmMiss): void {
+  /**
+   * Closes a session from `take` / `reserve` its client could not use (e.g. a SET the server
+   * refused), counting the discard, and the miss if given (else the caller counts the client's
+   * outcome, as when it tries another session).
+   */
+  spoilt(user: string, database: string, s: S, reason: PrewarmDiscard, miss?: PrewarmMiss): void {
     const label = this.labelFor(this.keys.get(keyId(user, database)));
     this.o.backend.close(s);
     this.observer.prewarmDiscarded(this.o.listener, label, reason);
-    this.observer.prewarmMissed(this.o.listener, label, miss);
+    if (miss) this.observer.prewarmMissed(this.o.listener, label, miss);
   }
 
   /**

@@ -362,23 +362,38 @@ describe('MySQL', () => {
   const KEY = 'alice/'; // a configured key without a database: COM_INIT_DB selects the client's
 
   beforeAll(async () => {
-    my = await startRdsLikeMariaDb({ users: ['alice'] });
+    my = await startRdsLikeMariaDb({ users: ['alice', 'bob'] });
+    const upstream = { host: my.host, port: my.port, address: my.address, tls: { ca: my.caFile } };
     mp = await startTestProxy({
       listeners: [
         {
           name: 'mywarm',
           engine: 'mysql',
           listen: '127.0.0.1:0',
-          upstream: { host: my.host, port: my.port, address: my.address, tls: { ca: my.caFile } },
+          upstream,
           client: { tls: 'off' },
           prewarm: { size: 2, keys: [{ user: 'alice' }] },
         },
+        {
+          name: 'mykeys',
+          engine: 'mysql',
+          listen: '127.0.0.1:0',
+          upstream,
+          client: { tls: 'off' },
+          prewarm: { size: 1, keys: [{ user: 'alice' }, { user: 'bob' }] },
+        },
       ],
     });
-    // The first client teaches the key mysql2's capabilities; sessions logged in with the
+    // The first client of each key teaches it mysql2's capabilities; sessions logged in with the
     // initial profile are replaced.
-    const c = await connectMy();
-    await c.end();
+    for (const [listener, user] of [
+      ['mywarm', 'alice'],
+      ['mykeys', 'alice'],
+      ['mykeys', 'bob'],
+    ] as const) {
+      const c = await connectMy({ port: mp.port(listener), user });
+      await c.end();
+    }
     await untilReady('mywarm', KEY, 2);
   });
 
@@ -450,6 +465,32 @@ describe('MySQL', () => {
     } finally {
       await Promise.all([c.end(), killer.end()]);
     }
+  });
+
+  test("several keys: a client greeted with another key's session gets a ready one of its own", async () => {
+    await untilReady('mykeys', 'alice/', 1);
+    await untilReady('mykeys', 'bob/', 1);
+    const discarded = (): Promise<number> =>
+      metric('rds_iam_proxy_prewarm_discards_total', { listener: 'mykeys', key: 'bob/', reason: 'greeted' });
+    const before = await discarded();
+    const handouts = await metric('rds_iam_proxy_prewarm_handouts_total', {
+      listener: 'mykeys',
+      key: 'alice/',
+    });
+    const from = mp.logs.length;
+    // bob's key was used last, so the greeting is from bob's session; alice's login takes her own.
+    const c = await connectMy({ port: mp.port('mykeys') });
+    try {
+      const [rows] = await c.query<mysql.RowDataPacket[]>('SELECT CURRENT_USER() AS u, DATABASE() AS db');
+      expect(rows[0]).toEqual({ u: 'alice@%', db: 'otherdb' });
+    } finally {
+      await c.end();
+    }
+    expect(loggedIn(from)).toEqual([expect.objectContaining({ prewarmed: true, listener: 'mykeys' })]);
+    expect(await discarded()).toBe(before + 1);
+    expect(await metric('rds_iam_proxy_prewarm_handouts_total', { listener: 'mykeys', key: 'alice/' })).toBe(
+      handouts + 1,
+    );
   });
 
   test('a client with other capability flags gets a fresh login', async () => {

@@ -268,26 +268,38 @@ class MysqlHandshake extends EngineHandshake {
   }
 
   /**
-   * The reserved warm session as this client's login, with its database selected; undefined when
-   * it does not fit or COM_INIT_DB failed: it is closed (its greeting was this client's) and the
-   * caller logs in afresh.
+   * A warm session as this client's login, with its database selected: the reserved one if it
+   * fits, else a ready one of the client's own key (the reserved one was the most recently used
+   * key's; it is closed, since its greeting was this client's). Undefined when none fits or
+   * COM_INIT_DB failed, and the caller logs in afresh.
    */
   private async takeWarm(
-    w: WarmMy,
-    key: WarmKey<MyProfile>,
+    reserved: WarmMy,
+    reservedKey: WarmKey<MyProfile>,
     response: HandshakeResponse,
     database: string | undefined,
   ): Promise<UpstreamLogin | undefined> {
     const warm = this.engine.warm as MyPrewarm;
-    const fit = warm.fit(w, key, response, database);
-    if ('miss' in fit) return this.dropWarm(w, key, fit.miss, `the client does not fit it (${fit.miss})`);
+    let w = reserved;
+    let key = reservedKey;
+    let initDb: string | undefined;
+    const fit = warm.fit(reserved, reservedKey, response, database);
+    if ('miss' in fit) {
+      this.dropWarm(reserved, reservedKey, 'greeted', `the client does not fit it (${fit.miss})`);
+      const other = warm.take(response, database);
+      if (!other) return undefined;
+      this.own(other.session.up.leg);
+      ({ session: w, key, initDb } = other);
+    } else initDb = fit.initDb;
     let handed: { ok: Buffer; leftover: Buffer };
     try {
-      handed = await warm.handOut(w, key, fit.initDb, this.signal);
+      handed = await warm.handOut(w, initDb, this.signal);
     } catch (err) {
       if (this.signal.aborted) throw err;
-      return this.dropWarm(w, key, 'apply_failed', err instanceof Error ? err.message : String(err));
+      this.dropWarm(w, key, 'apply_failed', err instanceof Error ? err.message : String(err), 'apply_failed');
+      return undefined;
     }
+    if (w === reserved) warm.handedOut(key);
     this.info.prewarmed = true;
     this.info.tlsCipher = w.socket.getCipher()?.name;
     this.info.upstreamHost = this.engine.target.dial.host;
@@ -296,15 +308,20 @@ class MysqlHandshake extends EngineHandshake {
     return { up: w.up, response: w.response, socket: w.socket, ok: handed.ok, leftover: handed.leftover };
   }
 
-  /** Closes a reserved warm session this client cannot use; returns undefined (log in afresh). */
-  private dropWarm(w: WarmMy, key: WarmKey<MyProfile>, miss: PrewarmMiss, reason: string): undefined {
+  /** Closes a warm session this client cannot use, counting `miss` if given. */
+  private dropWarm(
+    w: WarmMy,
+    key: WarmKey<MyProfile>,
+    why: 'greeted' | 'apply_failed',
+    reason: string,
+    miss?: PrewarmMiss,
+  ): void {
     this.disown(w.up.leg);
-    this.engine.warm?.spoilt(w, key, miss);
+    this.engine.warm?.spoilt(w, key, why, miss);
     this.log.info(
       { reason, greetedConnectionId: w.up.greeting.connectionId },
-      'warm session not used; logging in afresh',
+      why === 'greeted' ? 'reserved warm session not used' : 'warm session not used; logging in afresh',
     );
-    return undefined;
   }
 
   /** Dials and reads the server's greeting (first: the client must see the real server). */

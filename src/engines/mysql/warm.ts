@@ -11,8 +11,9 @@
  * SSL, CONNECT_WITH_DB and CONNECT_ATTRS, which do not shape the command phase) and character set
  * equal the session's, and its database is the session's or can be selected with COM_INIT_DB.
  * Otherwise the session is closed (never returned: its connection id was shown to this client)
- * and the client gets a fresh login; its greeting then named a connection id that is not its
- * own (documented in README "Pre-warmed logins"). Learned keys make the match the common case.
+ * and the client takes a ready session of its own key (`take`) or logs in afresh; its greeting
+ * then named a connection id that is not its own (documented in README "Pre-warmed logins").
+ * Learned keys make the match the common case.
  */
 import type tls from 'node:tls';
 import { untilAborted } from '../../abort';
@@ -156,20 +157,16 @@ export class MyPrewarm {
 
   /**
    * Makes `w` the client's: selects `initDb` if given and returns the OK to relay (COM_INIT_DB's,
-   * else the login's) and bytes read past it. Rejects with the server's error, and the caller
-   * logs in afresh.
+   * else the login's) and bytes read past it. Counts nothing (see `handedOut`). Rejects with the
+   * server's error, and the caller logs in afresh.
    */
   async handOut(
     w: WarmMy,
-    key: WarmKey<MyProfile>,
     initDb: string | undefined,
     signal: AbortSignal,
   ): Promise<{ ok: Buffer; leftover: Buffer }> {
     if (!idleAlive(w)) throw new ProxyError(ErrorCode.UpstreamUnreachable, 'the warm session was closed');
-    if (initDb === undefined) {
-      this.pool.handedOut(key.user, key.database);
-      return { ok: w.ok, leftover: Buffer.alloc(0) };
-    }
+    if (initDb === undefined) return { ok: w.ok, leftover: Buffer.alloc(0) };
     const reader = new SocketReader(w.socket, MAX_HANDSHAKE_PACKET * 2, 'server', signal);
     w.socket.resume();
     try {
@@ -188,16 +185,42 @@ export class MyPrewarm {
           'unexpected answer to COM_INIT_DB on a warm session',
         );
       w.database = initDb;
-      this.pool.handedOut(key.user, key.database);
       return { ok: p.payload, leftover: reader.detach() };
     } finally {
       reader.detach();
     }
   }
 
-  /** Closes a reserved session the client could not use, counting the miss. */
-  spoilt(w: WarmMy, key: WarmKey<MyProfile>, miss: PrewarmMiss): void {
-    this.pool.spoilt(key.user, key.database, w, miss === 'apply_failed' ? 'apply_failed' : 'greeted', miss);
+  /** Counts the hand-out of a reserved session (`take` counts its own). */
+  handedOut(key: WarmKey<MyProfile>): void {
+    this.pool.handedOut(key.user, key.database);
+  }
+
+  /**
+   * A ready session of this client's own key that fits it, after the reserved one did not (the
+   * greeting came from the most recently used key's session): the key of the client's user and
+   * database, else its user's most recently used key. Counted as a hand-out, or as a miss.
+   */
+  take(
+    response: HandshakeResponse,
+    database: string | undefined,
+  ): { session: WarmMy; key: WarmKey<MyProfile>; initDb: string | undefined } | undefined {
+    const mine = this.pool.knownKeys().filter((k) => k.user === response.user);
+    const key = mine.find((k) => k.database === (response.database ?? '')) ?? mine.at(-1);
+    if (!key) {
+      this.pool.missed(response.user, '', 'no_key');
+      return undefined;
+    }
+    const taken = this.pool.take(key.user, key.database, (w) => this.fit(w, key, response, database));
+    return taken && { session: taken.session, key, initDb: taken.fit.initDb };
+  }
+
+  /**
+   * Closes a session the client could not use; counts the miss if given (else the client's
+   * outcome is counted by `take`).
+   */
+  spoilt(w: WarmMy, key: WarmKey<MyProfile>, reason: 'greeted' | 'apply_failed', miss?: PrewarmMiss): void {
+    this.pool.spoilt(key.user, key.database, w, reason, miss);
   }
 
   /** Counts a client that found no session reserved for it. */
