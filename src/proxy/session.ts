@@ -2,7 +2,7 @@ import type net from 'node:net';
 import type { Logger } from '../log';
 import { asProxyError, closesSilently, ErrorCode, logError, ProxyError } from '../errors';
 import { untilAborted } from '../abort';
-import type { Engine } from './engine';
+import type { Engine, HandshakeResult } from './engine';
 import type { LoginGate } from './limits';
 import type { ConnectionOutcome, ProxyObserver } from './observer';
 import { splice } from './splice';
@@ -79,24 +79,21 @@ export class Session {
   }
 
   async run(): Promise<SessionResult> {
-    const { client, opts } = this;
+    const { client } = this;
     client.setNoDelay(true);
-    client.on('error', () => undefined); // a reset surfaces as 'close'
+    client.on('error', ignore); // a reset surfaces as 'close'
     this.log.info('accepted');
-    const deadline = setTimeout(() => this.onDeadline(), opts.handshakeTimeoutMs);
-    const onClientGone = (): void =>
-      this.abort(new ProxyError(ErrorCode.ClientGone, 'client closed the connection during the handshake'));
-    client.once('close', onClientGone);
-    try {
-      return await this.handshakeAndSplice(() => {
-        clearTimeout(deadline);
-        client.off('close', onClientGone);
-      });
-    } finally {
-      clearTimeout(deadline);
-      client.off('close', onClientGone);
+    const logged = await this.handshake().catch((err: unknown) => {
       this.state = SessionState.Closed;
+      throw err;
+    });
+    if (!('downstream' in logged)) {
+      this.state = SessionState.Closed;
+      return logged;
     }
+    // Not awaited here: this frame (and the handshake's objects it could hold) is released
+    // while the session is spliced; only what splice() is given stays alive.
+    return this.spliceLegs(logged);
   }
 
   private abort(reason: ProxyError): void {
@@ -167,12 +164,22 @@ export class Session {
     );
   }
 
-  /** `loggedIn` is called once the handshake succeeded, before the splice starts. */
-  private async handshakeAndSplice(loggedIn: () => void): Promise<SessionResult> {
+  /**
+   * The handshake under the session's deadline. Resolves with both legs once logged in, or with
+   * the outcome when there is nothing to splice. Everything it made for the handshake (the
+   * engine's connection object, the deadline, the close watch) is unreachable once it returns.
+   */
+  private async handshake(): Promise<HandshakeResult | SessionResult> {
     const { client, opts, log } = this;
-    const { signal } = this.controller;
-    this.state = SessionState.Handshaking;
-    const conn = this.engine.accept(client, { log, signal, loginSlot: () => this.loginSlot() });
+    const deadline = setTimeout(() => this.onDeadline(), opts.handshakeTimeoutMs);
+    const onClientGone = (): void =>
+      this.abort(new ProxyError(ErrorCode.ClientGone, 'client closed the connection during the handshake'));
+    client.once('close', onClientGone);
+    const conn = this.engine.accept(client, {
+      log,
+      signal: this.controller.signal,
+      loginSlot: () => this.loginSlot(),
+    });
     let result;
     try {
       result = await conn.run();
@@ -189,8 +196,10 @@ export class Session {
       );
       opts.observer.handshakeFailed(opts.listener, e);
       return { outcome: 'failed', errorCode: e.code };
+    } finally {
+      clearTimeout(deadline);
+      client.off('close', onClientGone);
     }
-    loggedIn();
     if (!result) {
       log.debug({ ms: elapsed(this.started) }, 'request handled');
       return { outcome: 'handled' };
@@ -201,27 +210,43 @@ export class Session {
     log.info({ ...withoutIdentity(conn.info), timings: conn.timings, ms: handshakeMs }, 'logged in');
     opts.observer.handshakeCompleted(opts.listener, conn.timings, handshakeMs);
     opts.observer.sessionSpliced(opts.listener, client);
-    const { downstream, upstream } = result;
-    // A shutdown that raced the end of the handshake has aborted the signal: the splice ends at once.
-    const end = await splice(downstream, upstream, result.downstreamLeftover, result.upstreamLeftover, {
-      idleTimeoutMs: opts.idleTimeoutMs ?? 0,
-      signal,
-    });
-    result.onClose?.();
-    const durationMs = elapsed(this.started);
-    const bytes = { fromClient: client.bytesRead, toClient: client.bytesWritten };
-    log.info(
-      {
-        bytesFromClient: bytes.fromClient,
-        bytesToClient: bytes.toClient,
-        durationMs,
-        reason: end.reason,
-        ...(end.detail ? { detail: end.detail } : {}),
-      },
-      'closed',
-    );
-    opts.observer.sessionClosed(opts.listener, end.reason, bytes, durationMs, client);
-    return { outcome: 'spliced' };
+    return result;
+  }
+
+  /** Splices both legs until either closes (or a shutdown), then logs and counts the close. */
+  private async spliceLegs(legs: HandshakeResult): Promise<SessionResult> {
+    const { client, opts, log } = this;
+    const { onClose } = legs;
+    try {
+      // A shutdown that raced the end of the handshake has aborted the signal: the splice ends at once.
+      const end = await splice(
+        legs.downstream,
+        legs.upstream,
+        legs.downstreamLeftover,
+        legs.upstreamLeftover,
+        {
+          idleTimeoutMs: opts.idleTimeoutMs ?? 0,
+          signal: this.controller.signal,
+        },
+      );
+      onClose?.();
+      const durationMs = elapsed(this.started);
+      const bytes = { fromClient: client.bytesRead, toClient: client.bytesWritten };
+      log.info(
+        {
+          bytesFromClient: bytes.fromClient,
+          bytesToClient: bytes.toClient,
+          durationMs,
+          reason: end.reason,
+          ...(end.detail ? { detail: end.detail } : {}),
+        },
+        'closed',
+      );
+      opts.observer.sessionClosed(opts.listener, end.reason, bytes, durationMs, client);
+      return { outcome: 'spliced' };
+    } finally {
+      this.state = SessionState.Closed;
+    }
   }
 
   /** Adds user and database to this connection's log lines once the client named them. */
@@ -237,6 +262,8 @@ function withoutIdentity<T extends { user?: unknown; database?: unknown }>(
   const { user: _user, database: _database, ...rest } = info;
   return rest;
 }
+
+function ignore(): void {}
 
 function elapsed(t0: number): number {
   return Math.round((performance.now() - t0) * 10) / 10;

@@ -19,14 +19,17 @@ export interface SpliceOptions {
 
 /**
  * Moves bytes both ways until either side closes, then closes the other. Leftovers from the
- * handshake are written first so nothing read ahead is lost. pipe() gives backpressure: a slow
- * reader pauses the fast writer instead of buffering in the proxy. Ownership of both sockets
- * passes here; both are destroyed when the promise resolves.
+ * handshake are written first so nothing read ahead is lost. Backpressure as pipe() does it: a
+ * write that returns false pauses the reader until the writer drains, so a slow reader pauses
+ * the fast writer instead of buffering in the proxy. Ownership of both sockets passes here;
+ * both are destroyed when the promise resolves.
  *
- * This is the hot path: the splice itself adds no work per chunk (an engine's `upstream` Duplex
- * may: the MySQL CommandGate scans client bytes for COM_CHANGE_USER). The idle timeout is the
- * sockets' own inactivity timer (socket.setTimeout, re-armed by libuv-level activity, not by JS
- * per chunk).
+ * This is the hot path: the splice itself adds no work per chunk beyond pipe()'s (an engine's
+ * `upstream` Duplex may: the MySQL CommandGate scans client bytes for COM_CHANGE_USER). The idle
+ * timeout is the sockets' own inactivity timer (socket.setTimeout, re-armed by libuv-level
+ * activity, not by JS per chunk). Not pipe() itself: it leaves nine closures and three once()
+ * wrappers per direction on the sockets, about 2 KB of heap per idle connection; this keeps
+ * two listeners per direction (data, end) and a drain listener once one was needed.
  */
 export function splice(
   downstream: Duplex,
@@ -36,14 +39,14 @@ export function splice(
   opts: SpliceOptions = {},
 ): Promise<SpliceEnd> {
   return new Promise((resolve) => {
-    let ended: SpliceEnd | undefined;
+    let ended = false;
     const finish = (reason: CloseReason, detail?: string): void => {
-      if (ended !== undefined) return;
-      ended = detail === undefined ? { reason } : { reason, detail };
+      if (ended) return;
+      ended = true;
       opts.signal?.removeEventListener('abort', onAbort);
       downstream.destroy();
       upstream.destroy();
-      resolve(ended);
+      resolve(detail === undefined ? { reason } : { reason, detail });
     };
     const onAbort = (): void => finish('shutdown');
     downstream.on('error', (err: NodeJS.ErrnoException) => finish('client_error', err.code ?? err.message));
@@ -63,9 +66,28 @@ export function splice(
     }
     if (upstreamLeftover.length > 0) downstream.write(upstreamLeftover);
     if (downstreamLeftover.length > 0) upstream.write(downstreamLeftover);
-    downstream.pipe(upstream);
-    upstream.pipe(downstream);
+    forward(downstream, upstream);
+    forward(upstream, downstream);
   });
+}
+
+/**
+ * One direction: each chunk read from `from` is written to `to`; a full `to` pauses `from` until
+ * it drains; the end of `from` ends `to` (a half-close is passed on, as pipe() does).
+ */
+function forward(from: Duplex, to: Duplex): void {
+  let onDrain: (() => void) | undefined;
+  from.on('data', (chunk: Buffer) => {
+    if (to.write(chunk)) return;
+    from.pause();
+    if (!onDrain) {
+      onDrain = () => from.resume();
+      to.on('drain', onDrain);
+    }
+  });
+  from.on('end', () => to.end());
+  // The handshake paused the socket (SocketReader.detach); 'data' alone does not resume it.
+  from.resume();
 }
 
 function isSocket(s: Duplex): s is net.Socket {
