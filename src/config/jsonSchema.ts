@@ -11,7 +11,7 @@
  * chart, since JSON Schema cannot say them.
  */
 import { writeFileSync } from 'node:fs';
-import { z } from 'zod';
+import { toJSONSchema } from 'zod/mini';
 import { Config } from './schema';
 
 type JsonSchema = Record<string, unknown>;
@@ -21,7 +21,7 @@ type JsonSchema = Record<string, unknown>;
  * defaults are optional, unknown keys are refused.
  */
 export function configJsonSchema(): JsonSchema {
-  const schema = z.toJSONSchema(Config, { io: 'input', target: 'draft-7' }) as JsonSchema;
+  const schema = toJSONSchema(Config, { io: 'input', target: 'draft-7' }) as JsonSchema;
   delete schema['$schema'];
   return schema;
 }

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import YAML from 'yaml';
-import type { ZodError } from 'zod';
+import type { core } from 'zod/mini';
 import { AwsSettings, Config, Listener } from './schema';
 import { ErrorCode, ProxyError } from '../errors';
 
@@ -109,7 +109,7 @@ export function validateConfig(raw: unknown, problems: ConfigProblem[] = []): Co
   return parsed.data;
 }
 
-function zodProblems(err: ZodError): ConfigProblem[] {
+function zodProblems(err: core.$ZodError): ConfigProblem[] {
   return err.issues.map((i) => ({ path: i.path.map(String).join('.') || '(root)', message: i.message }));
 }
 
