@@ -7,8 +7,9 @@
  *   POST /quitquitquit    starts the same drain as SIGTERM; loopback clients only
  * Bodies never contain a token or password: readiness only reports whether one could be made.
  */
-import http from 'node:http';
+import type http from 'node:http';
 import { isIP } from 'node:net';
+import { nodeHttp } from '../lazy';
 import type { Logger } from '../log';
 import { parseListen } from '../config/load';
 import { ErrorCode, ProxyError } from '../errors';
@@ -53,7 +54,7 @@ export class AdminServer {
   static async start(listen: string | number, handlers: AdminHandlers, log: Logger): Promise<AdminServer> {
     const bind = parseListen(listen);
     if (bind.kind !== 'tcp') throw new ProxyError(ErrorCode.Config, 'admin.listen must be host:port');
-    const server = http.createServer((req, res) => {
+    const server = nodeHttp().createServer((req, res) => {
       route(req, res, handlers).catch((err: unknown) => {
         log.error({ err }, 'admin request failed');
         if (!res.headersSent) send(res, 500, { error: 'internal error' });

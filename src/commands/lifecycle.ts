@@ -2,7 +2,7 @@
  * `rds-iam-proxy wait` and `rds-iam-proxy shutdown`: small clients of a running proxy's admin
  * server (src/admin/http.ts), for an app container's startup, an init step or a preStop hook.
  */
-import http from 'node:http';
+import { nodeHttp } from '../lazy';
 import { parseListen } from '../config/load';
 import { ErrorCode, ProxyError } from '../errors';
 
@@ -38,7 +38,7 @@ export function parseDuration(text: string): number {
 
 function request(url: string, method: 'GET' | 'POST', timeoutMs: number): Promise<Answer> {
   return new Promise((resolve, reject) => {
-    const req = http.request(url, { method, timeout: timeoutMs }, (res) => {
+    const req = nodeHttp().request(url, { method, timeout: timeoutMs }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d));

@@ -1,4 +1,4 @@
-import https from 'node:https';
+import { nodeHttps } from '../lazy';
 import { readFileSync } from 'node:fs';
 import type { AwsCredentialIdentity } from '@aws-sdk/types';
 import type { AwsSettings } from '../config/schema';
@@ -89,7 +89,7 @@ function stsClientConfig(aws: AwsSettings): () => Record<string, unknown> {
     if (aws.useFipsEndpoint) cfg['useFipsEndpoint'] = true;
     if (ca || aws.httpTimeoutMs)
       cfg['requestHandler'] = new (sdkHttpHandler().NodeHttpHandler)({
-        ...(ca ? { httpsAgent: new https.Agent({ ca, keepAlive: true }) } : {}),
+        ...(ca ? { httpsAgent: new (nodeHttps().Agent)({ ca, keepAlive: true }) } : {}),
         ...(aws.httpTimeoutMs
           ? { connectionTimeout: aws.httpTimeoutMs, requestTimeout: aws.httpTimeoutMs * 5 }
           : {}),
