@@ -319,7 +319,7 @@ class MysqlHandshake extends EngineHandshake {
     this.disown(w.up.leg);
     this.engine.warm?.spoilt(w, key, why, miss);
     this.log.info(
-      { reason, greetedConnectionId: w.up.greeting.connectionId },
+      { reason, serverConnectionId: w.up.greeting.connectionId },
       why === 'greeted' ? 'reserved warm session not used' : 'warm session not used; logging in afresh',
     );
   }

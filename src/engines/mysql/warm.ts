@@ -199,7 +199,8 @@ export class MyPrewarm {
   /**
    * A ready session of this client's own key that fits it, after the reserved one did not (the
    * greeting came from the most recently used key's session): the key of the client's user and
-   * database, else its user's most recently used key. Counted as a hand-out, or as a miss.
+   * database, else the last known key of its user (learned keys are kept least recently used
+   * first). Counted as a hand-out, or as a miss.
    */
   take(
     response: HandshakeResponse,
