@@ -54,39 +54,51 @@ async function pgbenchConnectMs(
   return Number(m[1]);
 }
 
-/** Measures the three paths; `transactions` new connections each. */
-export async function benchPrewarmConnect(
-  transactions = 50,
-  verifierDelayMs = 0,
+/** The RDS-like database of either engine, as the paths below need it. */
+interface BenchDb {
+  host: string;
+  port: number;
+  address: string;
+  caFile: string;
+  region: string;
+  verifier: { delayMs: number };
+  stop(): Promise<void>;
+}
+
+/** Where one run of connects goes: straight to the database with a token, or to a local port. */
+type ConnectTo = { direct: true; token: string } | { direct: false; port: number };
+
+/**
+ * The three paths for one engine: the proxy runs in this process with a `cold` listener and a
+ * `warm` one (prewarm, 4 ready sessions, enough that refills keep up with the spaced connects) in
+ * front of `db`; once the pool is full, 8 clients teach the key the client's startup and the pool
+ * refills; then `transactions` connects each go direct, through `cold` and through `warm`.
+ * `connect` runs the engine's client and resolves with its mean connect time, ms.
+ */
+async function measurePaths(
+  engine: 'postgres' | 'mysql',
+  db: BenchDb,
+  transactions: number,
+  verifierDelayMs: number,
+  connect: (to: ConnectTo, n: number, rate: number) => Promise<number>,
 ): Promise<PrewarmConnectResult> {
-  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'bench-prewarm-'));
-  const script = path.join(dir, 'select1.sql');
-  await fs.writeFile(script, 'select 1;\n');
-  const db = await startRdsLikePostgres({ users: ['alice'] });
   db.verifier.delayMs = verifierDelayMs;
   const upstream = { host: db.host, port: db.port, address: db.address, tls: { ca: db.caFile } };
+  const listener = { engine, listen: '127.0.0.1:0', upstream, client: { tls: 'off' } };
   const config = validateConfig({
     log: { level: 'warn', format: 'json' },
     listeners: [
-      { name: 'cold', engine: 'postgres', listen: '127.0.0.1:0', upstream, client: { tls: 'off' } },
-      {
-        name: 'warm',
-        engine: 'postgres',
-        listen: '127.0.0.1:0',
-        upstream,
-        client: { tls: 'off' },
-        // Enough ready sessions that refills keep up with pgbench's serial connects.
-        prewarm: { size: 4, keys: [{ user: 'alice', database: 'appdb' }] },
-      },
+      { name: 'cold', ...listener },
+      { name: 'warm', ...listener, prewarm: { size: 4, keys: [{ user: 'alice', database: 'appdb' }] } },
     ],
   });
   const log = createLogger({ level: 'warn', format: 'json', destination: process.stderr });
   const app = await startProxy(config, { log, minter: new IamTokenMinter(testCredentials()) });
   try {
-    const port = (name: string): number => {
+    const local = (name: string): ConnectTo => {
       const l = app.listeners.find((x) => x.name === name);
       if (!l) throw new Error(`no listener ${name}`);
-      return l.port();
+      return { direct: false, port: l.port() };
     };
     const token = signToken({
       host: db.host,
@@ -96,18 +108,16 @@ export async function benchPrewarmConnect(
       accessKeyId: TEST_ACCESS_KEY_ID,
       secretAccessKey: TEST_SECRET_ACCESS_KEY,
     });
-    const direct = `host=127.0.0.1 port=${db.port} user=alice dbname=appdb sslmode=require`;
-    const local = (p: number): string => `host=127.0.0.1 port=${p} user=alice dbname=appdb sslmode=disable`;
-    // Let the pool fill before measuring.
-    await new Promise((r) => setTimeout(r, 1000 + 4 * verifierDelayMs));
+    const fill = (): Promise<void> => new Promise((r) => setTimeout(r, 1000 + 4 * verifierDelayMs));
     const rate = connectRate(verifierDelayMs);
-    // Steady state: a few clients first, so the key's sessions start like pgbench's (its
-    // application_name is learned and needs no set_config), then let the pool fill again.
-    await pgbenchConnectMs(local(port('warm')), 8, {}, script, rate);
-    await new Promise((r) => setTimeout(r, 1000 + 4 * verifierDelayMs));
-    const directMs = await pgbenchConnectMs(direct, transactions, { PGPASSWORD: token }, script, rate);
-    const proxyMs = await pgbenchConnectMs(local(port('cold')), transactions, {}, script, rate);
-    const prewarmMs = await pgbenchConnectMs(local(port('warm')), transactions, {}, script, rate);
+    await fill();
+    // Steady state: the key learns the client's startup (pgbench's application_name, the C
+    // client's capabilities), so hand-outs need no set_config, and the pool fills again.
+    await connect(local('warm'), 8, rate);
+    await fill();
+    const directMs = await connect({ direct: true, token }, transactions, rate);
+    const proxyMs = await connect(local('cold'), transactions, rate);
+    const prewarmMs = await connect(local('warm'), transactions, rate);
     return {
       transactions,
       verifierDelayMs,
@@ -118,6 +128,37 @@ export async function benchPrewarmConnect(
     };
   } finally {
     await app.close();
+  }
+}
+
+/** Postgres: `pgbench -n -C -R` running `select 1`; `transactions` new connections per path. */
+export async function benchPrewarmConnect(
+  transactions = 50,
+  verifierDelayMs = 0,
+): Promise<PrewarmConnectResult> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'bench-prewarm-'));
+  const script = path.join(dir, 'select1.sql');
+  await fs.writeFile(script, 'select 1;\n');
+  const db = await startRdsLikePostgres({ users: ['alice'] });
+  try {
+    return await measurePaths('postgres', db, transactions, verifierDelayMs, (to, n, rate) =>
+      to.direct
+        ? pgbenchConnectMs(
+            `host=127.0.0.1 port=${db.port} user=alice dbname=appdb sslmode=require`,
+            n,
+            { PGPASSWORD: to.token },
+            script,
+            rate,
+          )
+        : pgbenchConnectMs(
+            `host=127.0.0.1 port=${to.port} user=alice dbname=appdb sslmode=disable`,
+            n,
+            {},
+            script,
+            rate,
+          ),
+    );
+  } finally {
     await db.stop();
     await fs.rm(dir, { recursive: true, force: true });
   }
@@ -151,76 +192,24 @@ async function mysqlConnectMs(t: MyTarget, n: number, rate: number): Promise<num
   return Number(r.stdout.trim());
 }
 
-/** The MySQL paths: direct with a token over verified TLS, through the proxy, and with prewarm. */
+/** MySQL: the same three paths with bench/myconnect (mysqlConnectMs). */
 export async function benchPrewarmConnectMysql(
   transactions = 50,
   verifierDelayMs = 0,
 ): Promise<PrewarmConnectResult> {
   const db = await startRdsLikeMariaDb({ users: ['alice'] });
-  db.verifier.delayMs = verifierDelayMs;
-  const upstream = { host: db.host, port: db.port, address: db.address, tls: { ca: db.caFile } };
-  const config = validateConfig({
-    log: { level: 'warn', format: 'json' },
-    listeners: [
-      { name: 'cold', engine: 'mysql', listen: '127.0.0.1:0', upstream, client: { tls: 'off' } },
-      {
-        name: 'warm',
-        engine: 'mysql',
-        listen: '127.0.0.1:0',
-        upstream,
-        client: { tls: 'off' },
-        prewarm: { size: 4, keys: [{ user: 'alice', database: 'appdb' }] },
-      },
-    ],
-  });
-  const log = createLogger({ level: 'warn', format: 'json', destination: process.stderr });
-  const app = await startProxy(config, { log, minter: new IamTokenMinter(testCredentials()) });
+  const login = { user: 'alice', database: 'appdb' };
   try {
-    const port = (name: string): number => {
-      const l = app.listeners.find((x) => x.name === name);
-      if (!l) throw new Error(`no listener ${name}`);
-      return l.port();
-    };
-    const token = signToken({
-      host: db.host,
-      port: db.port,
-      user: 'alice',
-      region: db.region,
-      accessKeyId: TEST_ACCESS_KEY_ID,
-      secretAccessKey: TEST_SECRET_ACCESS_KEY,
-    });
-    const direct: MyTarget = {
-      address: db.address,
-      port: db.port,
-      user: 'alice',
-      password: token,
-      database: 'appdb',
-      caFile: db.caFile,
-    };
-    const local = (p: number): MyTarget => ({
-      address: '127.0.0.1',
-      port: p,
-      user: 'alice',
-      password: '',
-      database: 'appdb',
-    });
-    const rate = connectRate(verifierDelayMs);
-    // Steady state, as for Postgres: the key learns mysql2's capabilities, then the pool refills.
-    await mysqlConnectMs(local(port('warm')), 8, rate);
-    await new Promise((r) => setTimeout(r, 1000 + 4 * verifierDelayMs));
-    const directMs = await mysqlConnectMs(direct, transactions, rate);
-    const proxyMs = await mysqlConnectMs(local(port('cold')), transactions, rate);
-    const prewarmMs = await mysqlConnectMs(local(port('warm')), transactions, rate);
-    return {
-      transactions,
-      verifierDelayMs,
-      directMs,
-      proxyMs,
-      prewarmMs,
-      ratio: Math.round((prewarmMs / directMs) * 1000) / 1000,
-    };
+    return await measurePaths('mysql', db, transactions, verifierDelayMs, (to, n, rate) =>
+      mysqlConnectMs(
+        to.direct
+          ? { ...login, address: db.address, port: db.port, password: to.token, caFile: db.caFile }
+          : { ...login, address: '127.0.0.1', port: to.port, password: '' },
+        n,
+        rate,
+      ),
+    );
   } finally {
-    await app.close();
     await db.stop();
   }
 }
