@@ -112,3 +112,36 @@ export function createLogger(opts: LogOptions): Logger {
   }
   return pino(options, (opts.destination as pino.DestinationStream | undefined) ?? pino.destination(1));
 }
+
+/** What a connection's code logs with: the level methods and late bindings of a pino logger. */
+export type ConnectionLogger = Pick<Logger, 'debug' | 'info' | 'warn' | 'error' | 'setBindings'>;
+
+/**
+ * A connection's logger: `root.child(bindings())`, made on its first call at a level `root`
+ * has enabled, so a connection nothing is logged for (log.level warn and a clean login) pays
+ * for no child and no bindings; the levels follow `root`'s.
+ */
+export function lazyChild(root: Logger, bindings: () => pino.Bindings): ConnectionLogger {
+  let child: Logger | undefined;
+  let late: pino.Bindings | undefined;
+  const made = (): Logger => {
+    child ??= root.child(late ? { ...bindings(), ...late } : bindings());
+    return child;
+  };
+  const level = (name: 'debug' | 'info' | 'warn' | 'error'): pino.LogFn =>
+    ((...args: unknown[]): void => {
+      if (!root.isLevelEnabled(name)) return;
+      const c = made();
+      (c[name] as (...a: unknown[]) => void).apply(c, args);
+    }) as pino.LogFn;
+  return {
+    debug: level('debug'),
+    info: level('info'),
+    warn: level('warn'),
+    error: level('error'),
+    setBindings(b) {
+      if (child) child.setBindings(b);
+      else late = { ...late, ...b };
+    },
+  };
+}

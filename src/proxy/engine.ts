@@ -4,7 +4,7 @@ import type { Listener } from '../config/schema';
 import type { TokenSource } from '../credentials/tokens';
 import type { Dialer, UpstreamTarget } from '../net/dial';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '../log';
+import type { ConnectionLogger } from '../log';
 import type { ProxyError } from '../errors';
 import { endWith } from './handshake';
 
@@ -70,7 +70,7 @@ export interface EngineConnection {
 
 /** What the Session hands an engine with each accepted socket. */
 export interface HandshakeContext {
-  log: Logger;
+  log: ConnectionLogger;
   /** Aborted with a ProxyError (deadline, shutdown, client gone): every step of the handshake stops. */
   signal: AbortSignal;
   /**
@@ -79,6 +79,8 @@ export interface HandshakeContext {
    * Rejects with a ProxyError (queue full: TooManyConnections) that the engine sends as usual.
    */
   loginSlot(): Promise<void>;
+  /** What the engine's `greet` returned for this client, if it greeted it on accept. */
+  greeted?: unknown;
 }
 
 /** What every engine needs, resolved once from its listener's config (see app.ts buildEngine). */
@@ -96,6 +98,13 @@ export interface EngineOptions {
 
 /** Per-listener engine: turns accepted sockets into handshakes. */
 export interface Engine {
+  /**
+   * Optional, called on accept before the session is set up: writes the engine's first bytes
+   * when they need nothing from the client (MySQL with a warm session ready: its greeting), so
+   * the client answers while the session is built. Returns what `accept` continues from (as
+   * `ctx.greeted`), or undefined when it sent nothing. `accept` follows in the same tick.
+   */
+  greet?(client: net.Socket): unknown;
   /** Takes ownership of `client` for the duration of the handshake. */
   accept(client: net.Socket, ctx: HandshakeContext): EngineConnection;
   /** Sends a protocol-native error on a socket before any handshake (limits, shutdown) and closes it. */

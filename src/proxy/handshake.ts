@@ -12,7 +12,7 @@ import type { Duplex } from 'node:stream';
 import { onAbort, untilAborted } from '../abort';
 import type { TokenLease, TokenRequest, TokenSource } from '../credentials/tokens';
 import { asProxyError, closesSilently, ErrorCode, ProxyError } from '../errors';
-import type { Logger } from '../log';
+import type { ConnectionLogger } from '../log';
 import type {
   EngineConnection,
   HandshakeContext,
@@ -29,7 +29,7 @@ interface Destroyable {
 export abstract class EngineHandshake implements EngineConnection {
   readonly info: SessionInfo = {};
   readonly timings: PhaseTimings = {};
-  protected readonly log: Logger;
+  protected readonly log: ConnectionLogger;
   protected readonly signal: AbortSignal;
   /** Upstream connections opened and not yet handed to the caller: destroyed if the handshake fails. */
   private readonly upstreams = new Set<Destroyable>();
@@ -120,7 +120,7 @@ export abstract class EngineHandshake implements EngineConnection {
 export async function loginWithLease<T>(
   secrets: TokenSource,
   req: TokenRequest,
-  log: Logger,
+  log: ConnectionLogger,
   attempt: (lease: TokenLease) => Promise<T>,
   retry = true,
 ): Promise<T> {

@@ -186,8 +186,10 @@ export class ProxyListener {
       this.engine.reject(socket, err);
       return;
     }
+    const greeted = this.engine.greet?.(socket);
     this.observer.connectionOpened(this.name);
     const session = new Session(socket, this.engine, this.log, {
+      greeted,
       listener: this.name,
       handshakeTimeoutMs: this.settings.handshakeTimeoutMs,
       idleTimeoutMs: this.settings.idleTimeoutMs ?? 0,

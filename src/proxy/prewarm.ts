@@ -195,7 +195,6 @@ export class PrewarmPool<S, P> {
       clearTimeout(r.timer);
       r.unwatch();
       this.observer.prewarmHandedOut(this.o.listener, state.label);
-      this.report(state);
       this.pumpAfterHandOut();
       return { session: r.session, fit: f };
     }
@@ -207,20 +206,23 @@ export class PrewarmPool<S, P> {
   /**
    * Takes the oldest alive ready session of the most recently used key that has one, before the
    * client has named its key (MySQL: the server speaks first, so the greeting must be a warm
-   * session's). Counts nothing: the caller reports `handedOut`, or `spoilt` / `missed`.
+   * session's), and calls `first` with it before the pool's own bookkeeping, so the caller's
+   * first write goes out at once. Counts nothing: the caller reports `handedOut`, or `spoilt` /
+   * `missed`.
    */
-  reserve(): { session: S; key: WarmKey<P> } | undefined {
+  reserve(first: (s: S) => void): { session: S; key: WarmKey<P> } | undefined {
     if (this.closed) return undefined;
     for (const state of [...this.keys.values()].reverse()) {
-      for (const r of [...state.ready]) {
+      for (let i = 0; i < state.ready.length;) {
+        const r = state.ready[i] as Ready<S>;
         if (!this.o.backend.alive(r.session)) {
           this.drop(state, r, 'dead');
           continue;
         }
-        state.ready.splice(state.ready.indexOf(r), 1);
+        state.ready.splice(i, 1);
+        first(r.session);
         clearTimeout(r.timer);
         r.unwatch();
-        this.report(state);
         this.pumpAfterHandOut();
         return { session: r.session, key: state.key };
       }
@@ -342,10 +344,14 @@ export class PrewarmPool<S, P> {
       this.timer = setTimeout(() => this.pump(), Math.max(1, nextRetry - now)).unref();
   }
 
-  /** Refills after REFILL_AFTER_HANDOUT_MS; hand-outs in the meantime share the one timer. */
+  /**
+   * Reports the ready gauges and refills after REFILL_AFTER_HANDOUT_MS (nothing of it delays the
+   * client being handed a session); hand-outs in the meantime share the one timer.
+   */
   private pumpAfterHandOut(): void {
     this.refillTimer ??= setTimeout(() => {
       this.refillTimer = undefined;
+      for (const s of this.keys.values()) this.report(s);
       this.pump();
     }, REFILL_AFTER_HANDOUT_MS).unref();
   }

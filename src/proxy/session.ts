@@ -1,5 +1,5 @@
 import type net from 'node:net';
-import type { Logger } from '../log';
+import { type ConnectionLogger, lazyChild, type Logger } from '../log';
 import { asProxyError, closesSilently, ErrorCode, logError, ProxyError } from '../errors';
 import { untilAborted } from '../abort';
 import type { Engine, HandshakeResult } from './engine';
@@ -18,6 +18,8 @@ export interface SessionOptions {
   /** Rate limit on new upstream logins (limits.loginsPerSecond); absent = unlimited. */
   loginGate?: LoginGate;
   observer: ProxyObserver;
+  /** What the engine's `greet` returned on accept (HandshakeContext.greeted). */
+  greeted?: unknown;
 }
 
 /** Outcome of one connection, for logs and the observer. */
@@ -50,7 +52,7 @@ export type SessionState = (typeof SessionState)[keyof typeof SessionState];
  */
 export class Session {
   state: SessionState = SessionState.Handshaking;
-  readonly log: Logger;
+  readonly log: ConnectionLogger;
   private readonly started = performance.now();
   private readonly controller = new AbortController();
   /** Set when no login slot was given (queue full, or aborted while queued): the outcome is 'rejected'. */
@@ -62,11 +64,12 @@ export class Session {
     rootLog: Logger,
     private readonly opts: SessionOptions,
   ) {
-    this.log = rootLog.child({
-      connId: nextId++,
+    const connId = nextId++;
+    this.log = lazyChild(rootLog, () => ({
+      connId,
       listener: opts.listener,
       remote: client.remoteAddress ? `${client.remoteAddress}:${client.remotePort}` : 'unix',
-    });
+    }));
   }
 
   /**
@@ -179,6 +182,7 @@ export class Session {
       log,
       signal: this.controller.signal,
       loginSlot: () => this.loginSlot(),
+      greeted: opts.greeted,
     });
     let result;
     try {

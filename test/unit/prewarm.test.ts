@@ -240,16 +240,19 @@ test('a new profile replaces ready sessions it makes stale, and logins opened wi
   p.close();
 });
 
-test('reserve takes a session before the key is known and counts nothing', async () => {
+test('reserve takes a session before the key is known, hands it to `first` at once and counts nothing', async () => {
   const { p, misses } = pool(settings({ size: 1 }));
   p.start();
   await settle();
-  const r = p.reserve();
+  const firsts: number[] = [];
+  const r = p.reserve((s) => firsts.push(s.id));
   expect(r?.key.user).toBe('alice');
-  expect(p.reserve()).toBeUndefined();
+  expect(firsts).toEqual([r?.session.id]);
+  expect(p.reserve(() => undefined)).toBeUndefined();
+  expect(firsts).toHaveLength(1);
   expect(misses).toEqual([]);
   await settle();
-  expect(p.reserve()?.session.id).not.toBe(r?.session.id);
+  expect(p.reserve(() => undefined)?.session.id).not.toBe(r?.session.id);
   p.close();
 });
 

@@ -21,7 +21,7 @@
  */
 import type { Duplex } from 'node:stream';
 import { asProxyError, ErrorCode, logError, ProxyError } from '../../errors';
-import type { Logger } from '../../log';
+import type { ConnectionLogger } from '../../log';
 import type { SessionInfo } from '../../proxy/engine';
 import { loginWithLease } from '../../proxy/handshake';
 import { checkNameLengths, verifyLocalPassword } from './downstream';
@@ -63,7 +63,7 @@ export class CommandPhase {
     private readonly facts: CommandPhaseFacts,
     /** The session's; updated when the user changes. */
     private readonly info: SessionInfo,
-    private readonly log: Logger,
+    private readonly log: ConnectionLogger,
   ) {}
 
   /** The `upstream` Duplex for the splice: the gate over the logged-in TLS socket, which it owns. */

@@ -71,6 +71,21 @@ export class ClientLeg {
     this.nextSeq = (this.nextSeq + 1) & 0xff;
   }
 
+  /** Sends the greeting (sequence 0). */
+  greet(greeting: Greeting): void {
+    this.raw.write(greetingPacket(greeting));
+    this.greeted();
+  }
+
+  /**
+   * Marks the greeting sent: by `greet`, or on the raw socket before this leg existed (a warm
+   * session's, by MysqlEngine.greet on accept).
+   */
+  greeted(): void {
+    this.nextSeq = 1;
+    this.state = ClientState.Greeted;
+  }
+
   async read(): Promise<Packet> {
     let p: Packet;
     try {
@@ -124,17 +139,19 @@ export function presentedCapabilities(serverCaps: number, clientTls: boolean): n
   return caps >>> 0;
 }
 
+/** The greeting packet (sequence 0) for `greeting`, as `ClientLeg.greet` sends it. */
+export function greetingPacket(greeting: Greeting): Buffer {
+  return packet(0, buildGreeting(greeting));
+}
+
 /**
- * Sends the greeting (sequence 0), handles an SSLRequest with a TLS upgrade, and reads the
+ * After the greeting: handles an SSLRequest with a TLS upgrade, and reads the
  * HandshakeResponse41. Pre-4.1 clients are refused with ER_NOT_SUPPORTED_AUTH_MODE.
  */
 export async function readClientResponse(
   leg: ClientLeg,
-  greeting: Greeting,
   secureContext: tls.SecureContext | undefined,
 ): Promise<HandshakeResponse> {
-  leg.send(buildGreeting(greeting));
-  leg.state = ClientState.Greeted;
   let p = await leg.read();
   const first = p.payload;
   const caps = asClientError(() => peekClientCapabilities(first));

@@ -34,7 +34,7 @@ import { untilAborted } from '../../abort';
 import type { PrewarmMiss } from '../../proxy/observer';
 import type { WarmKey } from '../../proxy/prewarm';
 import { LocalUsers, makeScramble } from './auth';
-import { MyPrewarm, type MyPrewarmDeps, type MyProfile, type WarmMy } from './warm';
+import { MyPrewarm, type MyPrewarmDeps, type MyProfile, Reservation, type WarmMy } from './warm';
 import { CommandPhase } from './changeUser';
 import {
   authenticateClient,
@@ -127,11 +127,26 @@ export class MysqlEngine extends EngineBase {
     }
     this.warm =
       l.prewarm && options.prewarm
-        ? new MyPrewarm(l, this.target, options.secrets, (s) => this.credentials(s), options.prewarm)
+        ? new MyPrewarm(
+            l,
+            this.target,
+            options.secrets,
+            (s) => this.credentials(s),
+            options.secureContext !== undefined,
+            options.prewarm,
+          )
         : undefined;
   }
 
   readonly warm: MyPrewarm | undefined;
+
+  /**
+   * With a warm session ready (listeners[].prewarm): reserves it and writes its greeting before
+   * anything else is set up for the connection, since the client can only answer after it.
+   */
+  greet(client: net.Socket): Reservation | undefined {
+    return this.warm?.reserve((w) => client.write(w.hello.packet));
+  }
 
   accept(client: net.Socket, ctx: HandshakeContext): MysqlHandshake {
     return new MysqlHandshake(this, client, ctx);
@@ -185,12 +200,16 @@ interface UpstreamLogin {
   ok: Buffer;
   /** Bytes read past the OK (a warm session's COM_INIT_DB); else the leg's reader holds them. */
   leftover?: Buffer;
+  /** Set when the login is a warm session's (listeners[].prewarm); noted after the OK is sent. */
+  warm?: { session: WarmMy; key: WarmKey<MyProfile>; reserved: boolean };
 }
 
 /** One client's handshake; see the module comment for the order of steps. */
 class MysqlHandshake extends EngineHandshake {
   private readonly leg: ClientLeg;
   private readonly loginSlot: () => Promise<void>;
+  /** The warm session whose greeting MysqlEngine.greet sent on accept. */
+  private readonly reserved: Reservation | undefined;
 
   constructor(
     private readonly engine: MysqlEngine,
@@ -200,29 +219,41 @@ class MysqlHandshake extends EngineHandshake {
     super(client, ctx);
     this.leg = new ClientLeg(client, ctx.signal);
     this.loginSlot = ctx.loginSlot;
+    this.reserved = ctx.greeted instanceof Reservation ? ctx.greeted : undefined;
+    if (this.reserved) {
+      this.own(this.reserved.session.up.leg);
+      this.leg.greeted();
+    }
   }
 
   protected async handshake(): Promise<HandshakeResult> {
     const e = this.engine;
     const l = e.options.listener;
     const t0 = performance.now();
-    // A warm session (listeners[].prewarm) is reserved before the client speaks: the greeting
-    // must be its own (see warm.ts). Only a fresh login takes a slot (limits.loginsPerSecond),
-    // before dialing so that a queued client holds no server connection.
-    const warm = e.warm?.reserve();
-    if (warm) this.own(warm.session.up.leg);
-    else await this.loginSlot();
-    // An idle local socket must not hold a server connection each (max_connections): only
-    // maxPendingHandshakes wait for their client's answer at once, for greetingTimeoutMs.
-    const release = await this.engine.pending.acquire(this.signal);
+    // A warm session (listeners[].prewarm) was reserved and its greeting sent on accept (see
+    // warm.ts); it is a server connection whether or not a client waits on it, so it takes no
+    // pending slot. Only a fresh login takes a login slot (limits.loginsPerSecond), before
+    // dialing so that a queued client holds no server connection.
+    const warm = this.reserved;
     let up: OpenUpstream | undefined;
     let client: { response: HandshakeResponse; secure: boolean };
-    const scramble = makeScramble();
-    try {
-      up = warm ? undefined : await this.openUpstream();
-      client = await this.readClient((warm?.session.up ?? (up as OpenUpstream)).greeting, scramble);
-    } finally {
-      release();
+    let scramble: Buffer;
+    if (warm) {
+      scramble = warm.session.hello.scramble;
+      client = await this.readClient(scramble);
+    } else {
+      await this.loginSlot();
+      // An idle local socket must not hold a server connection each (max_connections): only
+      // maxPendingHandshakes wait for their client's answer at once, for greetingTimeoutMs.
+      const release = await this.engine.pending.acquire(this.signal);
+      try {
+        up = await this.openUpstream();
+        scramble = makeScramble();
+        this.leg.greet(clientGreeting(up.greeting, scramble, e.options.secureContext !== undefined));
+        client = await this.readClient(scramble);
+      } finally {
+        release();
+      }
     }
     const upstreamUser = l.upstream.user ?? client.response.user;
     this.info.upstreamUser = upstreamUser;
@@ -239,7 +270,8 @@ class MysqlHandshake extends EngineHandshake {
     if (this.leg.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
     this.leg.send(login.ok);
-    // After the OK: the client waits for nothing the pool does.
+    // After the OK: the client waits for nothing the pool does, nor for what is only logged.
+    if (login.warm) this.noteWarm(login.warm.session, login.warm.key, login.warm.reserved);
     e.warm?.learn(client.response);
 
     const compressed = (login.response.capabilities & Cap.COMPRESS) !== 0;
@@ -299,13 +331,24 @@ class MysqlHandshake extends EngineHandshake {
       this.dropWarm(w, key, 'apply_failed', err instanceof Error ? err.message : String(err), 'apply_failed');
       return undefined;
     }
-    if (w === reserved) warm.handedOut(key);
+    return {
+      up: w.up,
+      response: w.response,
+      socket: w.socket,
+      ok: handed.ok,
+      leftover: handed.leftover,
+      warm: { session: w, key, reserved: w === reserved },
+    };
+  }
+
+  /** Counts the hand-out of a reserved session (`take` counted its own) and describes the session for the log. */
+  private noteWarm(w: WarmMy, key: WarmKey<MyProfile>, reserved: boolean): void {
+    if (reserved) this.engine.warm?.handedOut(key);
     this.info.prewarmed = true;
     this.info.tlsCipher = w.socket.getCipher()?.name;
     this.info.upstreamHost = this.engine.target.dial.host;
     this.info.upstreamAddress = peerAddress(w.socket);
     this.info.serverConnectionId = w.up.greeting.connectionId;
-    return { up: w.up, response: w.response, socket: w.socket, ok: handed.ok, leftover: handed.leftover };
   }
 
   /** Closes a warm session this client cannot use, counting `miss` if given. */
@@ -332,13 +375,10 @@ class MysqlHandshake extends EngineHandshake {
   }
 
   /**
-   * Greets the client with the server's mirrored greeting and the proxy's scramble, reads its
-   * HandshakeResponse41 (after local TLS if asked) and checks its local password.
+   * After the greeting (the server's mirrored one with the proxy's `scramble`): reads the
+   * client's HandshakeResponse41 (after local TLS if asked) and checks its local password.
    */
-  private async readClient(
-    server: OpenUpstream['greeting'],
-    scramble: Buffer,
-  ): Promise<{ response: HandshakeResponse; secure: boolean }> {
+  private async readClient(scramble: Buffer): Promise<{ response: HandshakeResponse; secure: boolean }> {
     const e = this.engine;
     const t0 = performance.now();
     const secureContext = e.options.secureContext;
@@ -359,14 +399,7 @@ class MysqlHandshake extends EngineHandshake {
     );
     let response: HandshakeResponse;
     try {
-      response = await untilAborted(
-        readClientResponse(
-          this.leg,
-          clientGreeting(server, scramble, secureContext !== undefined),
-          secureContext,
-        ),
-        answered.signal,
-      );
+      response = await untilAborted(readClientResponse(this.leg, secureContext), answered.signal);
     } finally {
       clearTimeout(timer);
     }

@@ -4,9 +4,10 @@
  * client (its profile), and held idle until one client takes it.
  *
  * The server speaks first in MySQL, so the proxy must greet a client before it knows who the
- * client is: the handshake reserves a ready session (`reserve`), greets the client with that
- * session's own greeting (its connection id, so CONNECTION_ID() and KILL QUERY match; the scramble
- * is the proxy's, as on every path), then reads the HandshakeResponse. The session is used
+ * client is: on accept the engine reserves a ready session (`reserve`) and writes that session's
+ * greeting, built when it logged in (its connection id, so CONNECTION_ID() and KILL QUERY match;
+ * the scramble is the proxy's, fresh per session, as on every path); the handshake then reads the
+ * HandshakeResponse. The session is used
  * (`fit` + `handOut`) only when the client's user is the key's user, its capabilities (except
  * SSL, CONNECT_WITH_DB and CONNECT_ATTRS, which do not shape the command phase) and character set
  * equal the session's, and its database is the session's or can be selected with COM_INIT_DB.
@@ -22,6 +23,8 @@ import { tokenRequestFor, type TokenSource } from '../../credentials/tokens';
 import { ErrorCode, ProxyError } from '../../errors';
 import type { Logger } from '../../log';
 import { SocketReader } from '../../net/reader';
+import { makeScramble } from './auth';
+import { clientGreeting, greetingPacket } from './downstream';
 import type { PrewarmMiss } from '../../proxy/observer';
 import { loginWithLease } from '../../proxy/handshake';
 import { idleAlive, listenerPool, type PrewarmDeps, PrewarmPool, type WarmKey } from '../../proxy/prewarm';
@@ -105,6 +108,16 @@ export interface WarmMy {
   ok: Buffer;
   /** Set by the idle watch when the server closed it or sent anything. */
   dead: boolean;
+  /** The greeting its client gets (sequence 0), built ahead so accept writes it at once. */
+  hello: { scramble: Buffer; packet: Buffer };
+}
+
+/** A ready session taken for a client before it spoke, and its key (MysqlEngine.greet). */
+export class Reservation {
+  constructor(
+    readonly session: WarmMy,
+    readonly key: WarmKey<MyProfile>,
+  ) {}
 }
 
 /** What app.ts hands a MySQL listener for prewarm. */
@@ -126,6 +139,8 @@ export class MyPrewarm {
     private readonly target: UpstreamTarget,
     private readonly secrets: TokenSource,
     private readonly credentials: (secret: () => Promise<string>) => Credentials,
+    /** client.tls is on: the greeting offers CLIENT_SSL. */
+    private readonly clientTls: boolean,
     deps: MyPrewarmDeps,
   ) {
     this.pool = listenerPool(listener, deps, {
@@ -137,9 +152,13 @@ export class MyPrewarm {
     });
   }
 
-  /** A ready session to greet the next client with (see the module comment), or undefined. */
-  reserve(): { session: WarmMy; key: WarmKey<MyProfile> } | undefined {
-    return this.pool.reserve();
+  /**
+   * A ready session to greet the next client with (see the module comment), or undefined;
+   * `first` (the greeting's write) runs as soon as the session is chosen.
+   */
+  reserve(first: (w: WarmMy) => void): Reservation | undefined {
+    const r = this.pool.reserve(first);
+    return r && new Reservation(r.session, r.key);
   }
 
   /**
@@ -259,7 +278,12 @@ export class MyPrewarm {
           this.credentials(() => untilAborted(lease.secret, signal)),
         );
         const extra = up.leg.reader.detach();
-        return { up, socket, response, profile: key.profile, database, ok, dead: extra.length > 0 };
+        const scramble = makeScramble();
+        const hello = {
+          scramble,
+          packet: greetingPacket(clientGreeting(up.greeting, scramble, this.clientTls)),
+        };
+        return { up, socket, response, profile: key.profile, database, ok, dead: extra.length > 0, hello };
       } catch (err) {
         up.leg.destroy();
         throw err;

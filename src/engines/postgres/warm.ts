@@ -11,7 +11,7 @@ import { untilAborted } from '../../abort';
 import type { Listener } from '../../config/schema';
 import { tokenRequestFor, type TokenSource } from '../../credentials/tokens';
 import { asProxyError, ErrorCode, ProxyError } from '../../errors';
-import type { Logger } from '../../log';
+import type { ConnectionLogger, Logger } from '../../log';
 import { SocketReader } from '../../net/reader';
 import type { PrewarmMiss } from '../../proxy/observer';
 import { loginWithLease } from '../../proxy/handshake';
@@ -195,7 +195,7 @@ export class PgPrewarm {
     params: [string, string][],
     signal: AbortSignal,
     own: (s: tls.TLSSocket) => void,
-    log: Logger,
+    log: ConnectionLogger,
   ): Promise<UpstreamSession | undefined> {
     const taken = this.pool.take(user, database, (w): { sets: [string, string][] } | { miss: PrewarmMiss } =>
       planFor(w, version, params),
