@@ -2,7 +2,7 @@ import os from 'node:os';
 import { Writable } from 'node:stream';
 import { version as packageVersion } from '../../package.json';
 import { Signer } from '@aws-sdk/rds-signer';
-import { createLogger, scrubSecrets } from '../../src/log';
+import { createLogger, lazyChild, scrubSecrets } from '../../src/log';
 import { credentialsError } from '../../src/credentials/tokens';
 import { ErrorCode, ProxyError } from '../../src/errors';
 
@@ -204,5 +204,41 @@ describe('createLogger redaction', () => {
     log.info({ a: 1 }, 'hidden');
     log.warn({ a: 2 }, 'shown');
     expect(out.lines().map((l) => l['msg'])).toEqual(['shown']);
+  });
+});
+
+describe("lazyChild (a connection's logger)", () => {
+  it('makes no child and computes no bindings while nothing is logged at an enabled level', () => {
+    const out = collector();
+    const log = createLogger({ level: 'warn', format: 'json', destination: out.stream });
+    let computed = 0;
+    const conn = lazyChild(log, () => {
+      computed++;
+      return { connId: 7 };
+    });
+    conn.info('accepted');
+    conn.debug({ a: 1 }, 'detail');
+    conn.setBindings({ user: 'alice' });
+    expect(computed).toBe(0);
+    expect(out.text()).toBe('');
+  });
+
+  it('logs with its bindings and late bindings, once made, like a pino child', () => {
+    const out = collector();
+    const log = createLogger({ level: 'info', format: 'json', destination: out.stream });
+    let computed = 0;
+    const conn = lazyChild(log, () => {
+      computed++;
+      return { connId: 7, listener: 'app' };
+    });
+    conn.setBindings({ user: 'alice' });
+    conn.info({ ms: 1 }, 'logged in');
+    conn.setBindings({ database: 'appdb' });
+    conn.warn(new Error(`refused ${TOKEN}`));
+    expect(computed).toBe(1);
+    const [first, second] = out.lines();
+    expect(first).toMatchObject({ connId: 7, listener: 'app', user: 'alice', ms: 1, msg: 'logged in' });
+    expect(second).toMatchObject({ connId: 7, user: 'alice', database: 'appdb', level: 'warn' });
+    for (const s of tokenSecrets(TOKEN)) expect(out.text()).not.toContain(s);
   });
 });
