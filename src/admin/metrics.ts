@@ -4,7 +4,8 @@
  * (connectionOpened, handshakeCompleted, ...). Names follow Prometheus conventions: prefix
  * `rds_iam_proxy_`, counters end in `_total`, durations are `_seconds`, timestamps are
  * `_timestamp_seconds` (Unix time). Nothing here runs per spliced chunk: byte counts are read
- * from the client sockets' own counters at scrape time and once more when a session closes.
+ * from the client sockets' own counters at scrape time and once more when a session closes; warm
+ * sessions ready are read from the pools at scrape time, so a hand-out records only its count.
  *
  * prom-client is loaded on first use, not at start. A process without an admin server can
  * `deferMetrics()` (the CLI does): recording is then a no-op until `enableMetrics()` (the runtime
@@ -212,6 +213,11 @@ function createBackend() {
     help: 'Warm upstream sessions ready now, per listener and key (user/database from the config, or "learned")',
     labelNames: ['listener', 'key'],
     registers,
+    collect() {
+      prewarmReady.reset();
+      for (const p of warmPools)
+        for (const [key, n] of p.ready()) prewarmReady.inc({ listener: p.listener, key }, n);
+    },
   });
   const prewarmHandouts = new client.Counter({
     name: 'rds_iam_proxy_prewarm_handouts_total',
@@ -321,10 +327,6 @@ function createBackend() {
     configReloaded(ok: boolean): void {
       configReloads.inc({ result: ok ? 'success' : 'failure' });
     },
-    /** Warm sessions ready now for a key label. */
-    prewarmReady(listener: string, key: string, ready: number): void {
-      prewarmReady.set({ listener, key }, ready);
-    },
     /** A warm session went to a client. */
     prewarmHandedOut(listener: string, key: string): void {
       prewarmHandouts.inc({ listener, key });
@@ -351,7 +353,7 @@ function createBackend() {
     credentialsExpiry(expiresAt: number | undefined): void {
       credentialsExpiry.set(expiresAt === undefined ? 0 : expiresAt / 1000);
     },
-  } satisfies ProxyObserver & PrewarmObserver & Record<string, unknown>;
+  } satisfies ProxyObserver & Omit<PrewarmObserver, 'prewarmPool'> & Record<string, unknown>;
   return { registry, recorder };
 }
 
@@ -360,6 +362,8 @@ type Recorder = Backend['recorder'];
 
 let backend: Backend | undefined;
 let deferred = false;
+/** Warm-session pools whose ready counts rds_iam_proxy_prewarm_ready reads at each scrape. */
+const warmPools = new Set<{ listener: string; ready: () => Map<string, number> }>();
 /** State gauges set while deferred, applied when the backend is built. */
 const pending: {
   buildInfo?: string;
@@ -481,9 +485,11 @@ export const metrics = {
   configReloaded(ok: boolean): void {
     live()?.configReloaded(ok);
   },
-  /** Warm sessions ready now for a key label. */
-  prewarmReady(listener: string, key: string, ready: number): void {
-    live()?.prewarmReady(listener, key, ready);
+  /** Registers a pool's ready counts per key label, read at each scrape; returns its unregister. */
+  prewarmPool(listener: string, ready: () => Map<string, number>): () => void {
+    const entry = { listener, ready };
+    warmPools.add(entry);
+    return () => void warmPools.delete(entry);
   },
   /** A warm session went to a client. */
   prewarmHandedOut(listener: string, key: string): void {

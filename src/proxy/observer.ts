@@ -121,8 +121,11 @@ export type PrewarmDiscard =
  * configuration (`user/database`) or `learned` for every learned key.
  */
 export interface PrewarmObserver {
-  /** Ready sessions for the key label now. */
-  prewarmReady(listener: string, key: string, ready: number): void;
+  /**
+   * Registers a pool's ready sessions per key label, read at each scrape (nothing is recorded
+   * as sessions come and go). Returns the function that unregisters exactly this registration.
+   */
+  prewarmPool(listener: string, ready: () => Map<string, number>): () => void;
   /** A warm session went to a client. */
   prewarmHandedOut(listener: string, key: string): void;
   /** A client got a fresh login instead of a warm session. */
@@ -135,7 +138,7 @@ export interface PrewarmObserver {
 
 /** Observes no pool events. */
 export const noopPrewarmObserver: PrewarmObserver = {
-  prewarmReady: () => undefined,
+  prewarmPool: () => () => undefined,
   prewarmHandedOut: () => undefined,
   prewarmMissed: () => undefined,
   prewarmDiscarded: () => undefined,

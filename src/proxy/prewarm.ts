@@ -119,6 +119,8 @@ export class PrewarmPool<S, P> {
   private inFlight = 0;
   private closed = false;
   private started = false;
+  /** Ends this pool's registration with the ready gauge (PrewarmObserver.prewarmPool). */
+  private unregister: (() => void) | undefined;
   private readonly controller = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   private refillTimer: NodeJS.Timeout | undefined;
@@ -147,7 +149,7 @@ export class PrewarmPool<S, P> {
   start(): void {
     if (this.closed || this.started) return;
     this.started = true;
-    for (const s of this.keys.values()) this.report(s);
+    this.unregister = this.observer.prewarmPool(this.o.listener, () => this.readyByLabel());
     this.pump();
   }
 
@@ -304,14 +306,13 @@ export class PrewarmPool<S, P> {
     if (this.refillTimer) clearTimeout(this.refillTimer);
     for (const s of this.keys.values()) {
       for (const r of [...s.ready]) this.drop(s, r, 'shutdown');
-      this.observer.prewarmReady(this.o.listener, s.label, 0);
     }
+    this.unregister?.();
   }
 
   private forget(state: KeyState<S, P>, reason: PrewarmDiscard): void {
     this.keys.delete(state.id);
     for (const r of [...state.ready]) this.drop(state, r, reason);
-    this.report(state);
   }
 
   private drop(state: KeyState<S, P>, r: Ready<S>, reason: PrewarmDiscard): void {
@@ -321,7 +322,6 @@ export class PrewarmPool<S, P> {
     r.unwatch();
     this.o.backend.close(r.session);
     this.observer.prewarmDiscarded(this.o.listener, state.label, reason);
-    this.report(state);
   }
 
   /** Starts refills where keys are short, as far as concurrency and backoff allow. */
@@ -344,14 +344,10 @@ export class PrewarmPool<S, P> {
       this.timer = setTimeout(() => this.pump(), Math.max(1, nextRetry - now)).unref();
   }
 
-  /**
-   * Reports the ready gauges and refills after REFILL_AFTER_HANDOUT_MS (nothing of it delays the
-   * client being handed a session); hand-outs in the meantime share the one timer.
-   */
+  /** Refills after REFILL_AFTER_HANDOUT_MS; hand-outs in the meantime share the one timer. */
   private pumpAfterHandOut(): void {
     this.refillTimer ??= setTimeout(() => {
       this.refillTimer = undefined;
-      for (const s of this.keys.values()) this.report(s);
       this.pump();
     }, REFILL_AFTER_HANDOUT_MS).unref();
   }
@@ -413,7 +409,6 @@ export class PrewarmPool<S, P> {
       this.pump();
     });
     state.ready.push(r);
-    this.report(state);
   }
 
   /** Waits for a login slot like a client would; a full queue waits a second and asks again. */
@@ -433,11 +428,11 @@ export class PrewarmPool<S, P> {
     }
   }
 
-  /** Sets the ready gauge of `state`'s label (learned keys are summed into one value). */
-  private report(state: KeyState<S, P>): void {
-    let n = 0;
-    for (const s of this.keys.values()) if (s.label === state.label) n += s.ready.length;
-    this.observer.prewarmReady(this.o.listener, state.label, n);
+  /** Ready sessions per key label, for the gauge (learned keys are summed into one value). */
+  private readyByLabel(): Map<string, number> {
+    const n = new Map<string, number>();
+    for (const s of this.keys.values()) n.set(s.label, (n.get(s.label) ?? 0) + s.ready.length);
+    return n;
   }
 
   private labelFor(state: KeyState<S, P> | undefined): string {

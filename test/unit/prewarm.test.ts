@@ -55,14 +55,19 @@ function fakeBackend() {
 function recorder() {
   const discards: string[] = [];
   const misses: string[] = [];
+  /** The ready counts the gauge would read at a scrape, while the pool is registered. */
+  const gauge: { read?: (() => Map<string, number>) | undefined } = {};
   const observer: PrewarmObserver = {
-    prewarmReady: () => undefined,
+    prewarmPool: (_l, ready) => {
+      gauge.read = ready;
+      return () => (gauge.read = undefined);
+    },
     prewarmHandedOut: () => undefined,
     prewarmMissed: (_l, _k, reason) => void misses.push(reason),
     prewarmDiscarded: (_l, _k, reason) => void discards.push(reason),
     prewarmLoginFailed: () => undefined,
   };
-  return { observer, discards, misses };
+  return { observer, discards, misses, gauge };
 }
 
 const settings = (o: Partial<PrewarmSettings> = {}): PrewarmSettings => ({
@@ -265,4 +270,17 @@ test('close closes ready sessions and stops refilling', async () => {
   expect(discards).toEqual(['shutdown', 'shutdown']);
   await settle();
   expect(opened).toHaveLength(2);
+});
+
+test('the ready gauge reads the pool at scrape time, per key label, until the pool closes', async () => {
+  const { p, gauge } = pool(settings({ size: 2 }));
+  expect(gauge.read).toBeUndefined();
+  p.start();
+  await settle();
+  expect(gauge.read?.()).toEqual(new Map([['alice/appdb', 2]]));
+  p.take('alice', 'appdb', () => ({}));
+  // Read as it is now: nothing is reported on the hand-out path.
+  expect(gauge.read?.()).toEqual(new Map([['alice/appdb', 1]]));
+  p.close();
+  expect(gauge.read).toBeUndefined();
 });
