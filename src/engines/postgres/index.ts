@@ -187,9 +187,14 @@ class PostgresHandshake extends EngineHandshake {
     }
     if (start.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
-    this.info.serverConnectionId = session.backendKey?.pid;
     this.down.write(session.relay.length === 1 ? (session.relay[0] as Buffer) : Buffer.concat(session.relay));
-    // After ReadyForQuery: the client waits for nothing the pool does.
+    // After ReadyForQuery: the client waits for nothing the pool does, nor for what is only logged.
+    this.info.serverConnectionId = session.backendKey?.pid;
+    if (this.info.prewarmed) {
+      this.info.tlsCipher = session.socket.getCipher()?.name;
+      this.info.upstreamHost = e.target.dial.host;
+      this.info.upstreamAddress = peerAddress(session.socket);
+    }
     e.warm?.learn(user, params.get('database') ?? user, start.version, start.params);
     const forget = session.backendKey
       ? e.options.cancels.add(session.backendKey.pid, session.backendKey.key, e.target)
@@ -214,7 +219,6 @@ class PostgresHandshake extends EngineHandshake {
     const w = await this.engine.warm?.take(user, database, version, params, this.signal, own, this.log);
     if (!w) return undefined;
     this.info.prewarmed = true;
-    this.info.tlsCipher = w.socket.getCipher()?.name;
     return w;
   }
 

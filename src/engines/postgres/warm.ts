@@ -67,6 +67,11 @@ export interface WarmPg {
   keyFrame?: Buffer;
   /** Set by the idle watch when the server closed it or sent anything. */
   dead: boolean;
+  /**
+   * What its client is sent as it logged in (`helloOf`), built at login so that a hand-out
+   * needing no SET writes it at once.
+   */
+  hello: Buffer;
 }
 
 /** What app.ts hands a Postgres listener for prewarm. */
@@ -203,27 +208,23 @@ export class PgPrewarm {
     if (!taken) return undefined;
     const w = taken.session;
     own(w.socket);
-    let leftover: Buffer;
+    const done = (leftover: Buffer): UpstreamSession => ({
+      socket: w.socket,
+      relay: [w.hello],
+      leftover,
+      ...(w.backendKey ? { backendKey: w.backendKey } : {}),
+    });
+    if (taken.fit.sets.length === 0) return done(NOTHING);
     try {
-      leftover = await apply(w, taken.fit.sets, signal);
+      const leftover = await apply(w, taken.fit.sets, signal);
+      w.hello = helloOf(w);
+      return done(leftover);
     } catch (err) {
       if (signal.aborted) throw err;
       this.pool.spoilt(user, database, w, 'apply_failed', 'apply_failed');
       log.info({ reason: asProxyError(err).message }, 'warm session not used; logging in afresh');
       return undefined;
     }
-    const relay: Buffer[] = [];
-    if (w.negotiate) relay.push(w.negotiate);
-    relay.push(authMessage(AuthCode.Ok));
-    for (const [k, v] of w.status) relay.push(parameterStatus(k, v));
-    if (w.keyFrame) relay.push(w.keyFrame);
-    relay.push(readyForQuery('I'));
-    return {
-      socket: w.socket,
-      relay,
-      leftover,
-      ...(w.backendKey ? { backendKey: w.backendKey } : {}),
-    };
   }
 
   /**
@@ -266,9 +267,32 @@ export class PgPrewarm {
   }
 }
 
+const NOTHING = Buffer.alloc(0);
+
+/**
+ * What a client handed `w` is sent: NegotiateProtocolVersion if the server sent one,
+ * AuthenticationOk, the ParameterStatus values, the session's own BackendKeyData, ReadyForQuery.
+ */
+function helloOf(w: WarmPg): Buffer {
+  const out: Buffer[] = [];
+  if (w.negotiate) out.push(w.negotiate);
+  out.push(authMessage(AuthCode.Ok));
+  for (const [k, v] of w.status) out.push(parameterStatus(k, v));
+  if (w.keyFrame) out.push(w.keyFrame);
+  out.push(readyForQuery('I'));
+  return Buffer.concat(out);
+}
+
 /** Reads the login's relayed frames into a WarmPg. */
 function warmFrom(s: UpstreamSession, version: number, settings: Map<string, string>): WarmPg {
-  const w: WarmPg = { socket: s.socket, version, settings, status: new Map(), dead: s.leftover.length > 0 };
+  const w: WarmPg = {
+    socket: s.socket,
+    version,
+    settings,
+    status: new Map(),
+    dead: s.leftover.length > 0,
+    hello: NOTHING,
+  };
   for (const raw of s.relay) {
     const body = raw.subarray(5);
     switch (raw[0]) {
@@ -286,6 +310,7 @@ function warmFrom(s: UpstreamSession, version: number, settings: Map<string, str
         break;
     }
   }
+  w.hello = helloOf(w);
   return w;
 }
 
