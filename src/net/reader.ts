@@ -44,20 +44,21 @@ export class ByteQueue {
 
   /** First byte available without consuming it, waiting for one if needed. */
   async peekByte(): Promise<number> {
-    await this.waitFor(1);
+    if (this.size < 1) await this.waitFor(1);
     return (this.chunks[0] as Buffer)[0] as number;
   }
 
   /** Peeks `n` bytes without consuming them. */
   async peek(n: number): Promise<Buffer> {
-    await this.waitFor(n);
+    if (this.size < n) await this.waitFor(n);
     this.coalesce();
     return (this.chunks[0] as Buffer).subarray(0, n);
   }
 
   /** Resolves with exactly `n` bytes. */
   async read(n: number): Promise<Buffer> {
-    await this.waitFor(n);
+    // Bytes already here are returned without another turn of the microtask queue.
+    if (this.size < n) await this.waitFor(n);
     this.coalesce();
     const head = this.chunks[0] as Buffer;
     const out = head.subarray(0, n);

@@ -210,6 +210,8 @@ class MysqlHandshake extends EngineHandshake {
   private readonly loginSlot: () => Promise<void>;
   /** The warm session whose greeting MysqlEngine.greet sent on accept. */
   private readonly reserved: Reservation | undefined;
+  /** The client's HandshakeResponse, once read. */
+  private response: HandshakeResponse | undefined;
 
   constructor(
     private readonly engine: MysqlEngine,
@@ -271,6 +273,7 @@ class MysqlHandshake extends EngineHandshake {
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
     this.leg.send(login.ok);
     // After the OK: the client waits for nothing the pool does, nor for what is only logged.
+    this.describeClient();
     if (login.warm) this.noteWarm(login.warm.session, login.warm.key, login.warm.reserved);
     e.warm?.learn(client.response);
 
@@ -404,11 +407,10 @@ class MysqlHandshake extends EngineHandshake {
       clearTimeout(timer);
     }
     checkNameLengths(response.user, response.database);
-    const attrs = safeAttributes(response.attributes);
+    this.response = response;
     this.info.user = response.user;
     this.info.database = response.database;
     this.info.clientTls = this.leg.tls;
-    this.info.applicationName = attrs.get('program_name') ?? attrs.get('_client_name');
     if (response.capabilities & Cap.ZSTD_COMPRESSION_ALGORITHM) {
       throw new ProxyError(
         ErrorCode.ClientProtocol,
@@ -466,7 +468,15 @@ class MysqlHandshake extends EngineHandshake {
     });
   }
 
+  /** The client's program name (connection attributes) for the log, once its response is read. */
+  private describeClient(): void {
+    if (!this.response || this.info.applicationName !== undefined) return;
+    const attrs = safeAttributes(this.response.attributes);
+    this.info.applicationName = attrs.get('program_name') ?? attrs.get('_client_name');
+  }
+
   protected sendError(err: ProxyError): void {
+    this.describeClient();
     const leg = this.leg;
     if (leg.state === ClientState.Upgrading) {
       // Mid-TLS-handshake: a plaintext packet would be garbage to the client.
