@@ -6,6 +6,14 @@
  */
 
 /**
+ * The callbacks of each signal's pending onAbort calls. A signal gets one 'abort' listener,
+ * shared by all of them: Node's EventTarget costs tens of microseconds per listener on a path
+ * run once per connection with cold caches (docs/PERFORMANCE.md "Idle is slow here"), and a
+ * handshake guards several steps.
+ */
+const waiting = new WeakMap<AbortSignal, Set<() => void>>();
+
+/**
  * Calls `fn` once with the signal's reason when it aborts (at once if it already has).
  * Returns a function that removes the listener; call it when the guarded step is over.
  */
@@ -15,9 +23,25 @@ export function onAbort(signal: AbortSignal | undefined, fn: (reason: unknown) =
     fn(signal.reason);
     return noop;
   }
+  let fns = waiting.get(signal);
+  if (!fns) {
+    const all = new Set<() => void>();
+    waiting.set(signal, all);
+    signal.addEventListener(
+      'abort',
+      () => {
+        waiting.delete(signal);
+        for (const f of all) f();
+        all.clear();
+      },
+      { once: true },
+    );
+    fns = all;
+  }
+  const set = fns;
   const listener = (): void => fn(signal.reason);
-  signal.addEventListener('abort', listener, { once: true });
-  return () => signal.removeEventListener('abort', listener);
+  set.add(listener);
+  return () => void set.delete(listener);
 }
 
 /** Settles like `p`, or rejects with the signal's reason if it aborts first. */

@@ -5,6 +5,7 @@
  * "too many connections" error (Postgres 53300, MySQL 1040) via Engine.reject.
  */
 import type { LimitName } from './observer';
+import { onAbort } from '../abort';
 
 /** The `limits` section of the config. */
 export interface LimitSettings {
@@ -235,16 +236,15 @@ export class Slots {
     }
     return new Promise((resolve, reject) => {
       const grant = (): void => {
-        signal.removeEventListener('abort', onAbort);
+        stop();
         this.held++;
         resolve(this.releaser());
       };
-      const onAbort = (): void => {
+      const stop = onAbort(signal, (reason) => {
         const i = this.waiting.indexOf(grant);
         if (i >= 0) this.waiting.splice(i, 1);
-        reject(signal.reason);
-      };
-      signal.addEventListener('abort', onAbort, { once: true });
+        reject(reason);
+      });
       this.waiting.push(grant);
     });
   }

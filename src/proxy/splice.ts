@@ -1,6 +1,7 @@
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { CloseReason } from './observer';
+import { onAbort } from '../abort';
 
 /** How a spliced session ended. */
 export interface SpliceEnd {
@@ -43,20 +44,21 @@ export function splice(
     const finish = (reason: CloseReason, detail?: string): void => {
       if (ended) return;
       ended = true;
-      opts.signal?.removeEventListener('abort', onAbort);
+      stopWatching();
       downstream.destroy();
       upstream.destroy();
       resolve(detail === undefined ? { reason } : { reason, detail });
     };
-    const onAbort = (): void => finish('shutdown');
+    let stopWatching = (): void => undefined;
     downstream.on('error', (err: NodeJS.ErrnoException) => finish('client_error', err.code ?? err.message));
     upstream.on('error', (err: NodeJS.ErrnoException) => finish('server_error', err.code ?? err.message));
     downstream.on('close', () => finish('client_closed'));
     upstream.on('close', () => finish('server_closed'));
     if (downstream.destroyed) return finish('client_closed');
     if (upstream.destroyed) return finish('server_closed');
-    if (opts.signal?.aborted) return onAbort();
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    // At once if the signal has already aborted (a shutdown that raced the end of the handshake).
+    stopWatching = onAbort(opts.signal, () => finish('shutdown'));
+    if (ended) return;
     const idleMs = opts.idleTimeoutMs ?? 0;
     if (idleMs > 0) {
       // Every byte read on one leg is written on the other, so either leg's timer firing means
