@@ -114,6 +114,8 @@ export interface Taken<S, T> {
  */
 export class PrewarmPool<S, P> {
   private readonly keys = new Map<string, KeyState<S, P>>();
+  /** Sessions handed out whose idle watch and maximum-age timer still run (see `claim`). */
+  private readonly unclaimed = new Map<S, Ready<S>>();
   private readonly observer: PrewarmObserver;
   private readonly concurrency: number;
   private inFlight = 0;
@@ -194,8 +196,7 @@ export class PrewarmPool<S, P> {
         continue;
       }
       state.ready.splice(i, 1);
-      clearTimeout(r.timer);
-      r.unwatch();
+      this.unclaimed.set(r.session, r);
       this.observer.prewarmHandedOut(this.o.listener, state.label);
       this.pumpAfterHandOut();
       return { session: r.session, fit: f };
@@ -223,14 +224,27 @@ export class PrewarmPool<S, P> {
         }
         state.ready.splice(i, 1);
         first(r.session);
-        clearTimeout(r.timer);
-        r.unwatch();
+        this.unclaimed.set(r.session, r);
         this.pumpAfterHandOut();
         return { session: r.session, key: state.key };
       }
     }
     this.pump(); // replaces sessions found dead on the way
     return undefined;
+  }
+
+  /**
+   * Stops the idle watch and the maximum-age timer of a session from `take` / `reserve`. The
+   * engine calls it right before it first uses the socket, after its client's reply is written
+   * where it can, so the client waits for none of it. Until then a byte or a close from the
+   * server still marks the session dead. Idempotent.
+   */
+  claim(s: S): void {
+    const r = this.unclaimed.get(s);
+    if (!r) return;
+    this.unclaimed.delete(s);
+    clearTimeout(r.timer);
+    r.unwatch();
   }
 
   /** Counts a hand-out of a session from `reserve`. */
@@ -250,6 +264,7 @@ export class PrewarmPool<S, P> {
    */
   spoilt(user: string, database: string, s: S, reason: PrewarmDiscard, miss?: PrewarmMiss): void {
     const label = this.labelFor(this.keys.get(keyId(user, database)));
+    this.claim(s);
     this.o.backend.close(s);
     this.observer.prewarmDiscarded(this.o.listener, label, reason);
     if (miss) this.observer.prewarmMissed(this.o.listener, label, miss);
@@ -307,6 +322,8 @@ export class PrewarmPool<S, P> {
     for (const s of this.keys.values()) {
       for (const r of [...s.ready]) this.drop(s, r, 'shutdown');
     }
+    // Sessions with a client now stay that client's; only the pool's watch and timer end.
+    for (const s of [...this.unclaimed.keys()]) this.claim(s);
     this.unregister?.();
   }
 
@@ -399,12 +416,19 @@ export class PrewarmPool<S, P> {
       session,
       unwatch: () => undefined,
       timer: setTimeout(() => {
+        // Handed out and not yet claimed: the client's now, however old.
+        if (!state.ready.includes(r)) return;
         this.drop(state, r, 'max_age');
         this.pump();
       }, this.o.settings.maxAgeSeconds * 1000).unref(),
     };
     r.unwatch = this.o.backend.watch(session, () => {
-      if (!state.ready.includes(r)) return;
+      if (!state.ready.includes(r)) {
+        // Handed out and not yet claimed: it is marked dead (the engine checks); the watch has
+        // stopped itself, the timer is all that is left.
+        if (this.unclaimed.delete(session)) clearTimeout(r.timer);
+        return;
+      }
       this.drop(state, r, 'closed');
       this.pump();
     });

@@ -284,3 +284,44 @@ test('the ready gauge reads the pool at scrape time, per key label, until the po
   p.close();
   expect(gauge.read).toBeUndefined();
 });
+
+test('a session handed out keeps its idle watch until claimed, and is never closed by the pool meanwhile', async () => {
+  const { p, discards } = pool(settings({ size: 1, maxAgeSeconds: 5 }));
+  p.start();
+  await settle();
+  const t = p.take('alice', 'appdb', () => ({}));
+  const s = t?.session as Fake;
+  expect(s.onDeath).toBeDefined(); // still watched: a server byte or close marks it dead
+  jest.advanceTimersByTime(6_000); // past the maximum age while its client logs in
+  expect(s.closed).toBe(false);
+  expect(discards).toEqual([]);
+  p.claim(s);
+  expect(s.onDeath).toBeUndefined();
+  p.claim(s); // idempotent
+  p.close();
+  expect(s.closed).toBe(false); // the client's now
+});
+
+test('a handed-out session the server closes before the claim is forgotten, not counted as a discard', async () => {
+  const { p, discards } = pool(settings({ size: 1 }));
+  p.start();
+  await settle();
+  const s = p.reserve(() => undefined)?.session as Fake;
+  s.dead = true;
+  s.onDeath?.();
+  expect(discards).toEqual([]);
+  expect(s.closed).toBe(false); // the engine finds it dead and closes it
+  p.close();
+});
+
+test('spoilt claims the session before closing it', async () => {
+  const { p, discards } = pool(settings({ size: 1 }));
+  p.start();
+  await settle();
+  const s = p.take('alice', 'appdb', () => ({}))?.session as Fake;
+  p.spoilt('alice', 'appdb', s, 'apply_failed');
+  expect(s.onDeath).toBeUndefined();
+  expect(s.closed).toBe(true);
+  expect(discards).toEqual(['apply_failed']);
+  p.close();
+});

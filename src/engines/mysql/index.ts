@@ -344,8 +344,9 @@ class MysqlHandshake extends EngineHandshake {
     };
   }
 
-  /** Counts the hand-out of a reserved session (`take` counted its own) and describes the session for the log. */
+  /** Ends the pool's watch on the session, counts the hand-out of a reserved one (`take` counted its own) and describes it for the log. */
   private noteWarm(w: WarmMy, key: WarmKey<MyProfile>, reserved: boolean): void {
+    this.engine.warm?.claim(w);
     if (reserved) this.engine.warm?.handedOut(key);
     this.info.prewarmed = true;
     this.info.tlsCipher = w.socket.getCipher()?.name;

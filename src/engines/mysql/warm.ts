@@ -186,6 +186,7 @@ export class MyPrewarm {
   ): Promise<{ ok: Buffer; leftover: Buffer }> {
     if (!idleAlive(w)) throw new ProxyError(ErrorCode.UpstreamUnreachable, 'the warm session was closed');
     if (initDb === undefined) return { ok: w.ok, leftover: Buffer.alloc(0) };
+    this.pool.claim(w);
     const reader = new SocketReader(w.socket, MAX_HANDSHAKE_PACKET * 2, 'server', signal);
     w.socket.resume();
     try {
@@ -208,6 +209,11 @@ export class MyPrewarm {
     } finally {
       reader.detach();
     }
+  }
+
+  /** Ends the pool's watch on a session from `reserve` / `take` (PrewarmPool.claim); after the OK. */
+  claim(w: WarmMy): void {
+    this.pool.claim(w);
   }
 
   /** Counts the hand-out of a reserved session (`take` counts its own). */

@@ -132,6 +132,8 @@ export class PostgresEngine extends EngineBase {
 class PostgresHandshake extends EngineHandshake {
   /** The client socket errors go to: the TLS one once the client upgraded. */
   private down: Duplex;
+  /** Set when the session is a warm one: ends the pool's watch on it (after the relay is written). */
+  private claimWarm: (() => void) | undefined;
   private readonly loginSlot: () => Promise<void>;
 
   constructor(
@@ -191,6 +193,7 @@ class PostgresHandshake extends EngineHandshake {
     // After ReadyForQuery: the client waits for nothing the pool does, nor for what is only logged.
     this.info.serverConnectionId = session.backendKey?.pid;
     if (this.info.prewarmed) {
+      this.claimWarm?.();
       this.info.tlsCipher = session.socket.getCipher()?.name;
       this.info.upstreamHost = e.target.dial.host;
       this.info.upstreamAddress = peerAddress(session.socket);
@@ -219,6 +222,7 @@ class PostgresHandshake extends EngineHandshake {
     const w = await this.engine.warm?.take(user, database, version, params, this.signal, own, this.log);
     if (!w) return undefined;
     this.info.prewarmed = true;
+    this.claimWarm = w.claim;
     return w;
   }
 

@@ -191,7 +191,8 @@ export class PgPrewarm {
    * A warm session for this client, logged in upstream with its settings applied, as the
    * UpstreamSession the handshake relays (AuthenticationOk, ParameterStatus, the session's real
    * BackendKeyData, ReadyForQuery); undefined on a miss, and the caller logs in afresh. `own`
-   * registers the socket with the handshake so an abort destroys it.
+   * registers the socket with the handshake so an abort destroys it. The caller calls `claim`
+   * (PrewarmPool.claim) once it has written the relay, before the splice.
    */
   async take(
     user: string,
@@ -201,20 +202,22 @@ export class PgPrewarm {
     signal: AbortSignal,
     own: (s: tls.TLSSocket) => void,
     log: ConnectionLogger,
-  ): Promise<UpstreamSession | undefined> {
+  ): Promise<(UpstreamSession & { claim(): void }) | undefined> {
     const taken = this.pool.take(user, database, (w): { sets: [string, string][] } | { miss: PrewarmMiss } =>
       planFor(w, version, params),
     );
     if (!taken) return undefined;
     const w = taken.session;
     own(w.socket);
-    const done = (leftover: Buffer): UpstreamSession => ({
+    const done = (leftover: Buffer): UpstreamSession & { claim(): void } => ({
       socket: w.socket,
       relay: [w.hello],
       leftover,
       ...(w.backendKey ? { backendKey: w.backendKey } : {}),
+      claim: () => this.pool.claim(w),
     });
     if (taken.fit.sets.length === 0) return done(NOTHING);
+    this.pool.claim(w);
     try {
       const leftover = await apply(w, taken.fit.sets, signal);
       w.hello = helloOf(w);
