@@ -22,6 +22,9 @@ export function run(
         } else resolve(String(stdout));
       },
     );
+    // A child that exits without reading its input (a failed start) must fail the call, not
+    // crash the process with EPIPE: its exit status says what went wrong.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(opts.input ?? '');
   });
 }
