@@ -1,8 +1,9 @@
 /**
  * Connect time with and without prewarm (issue 14), IAM path. Postgres: `pgbench -n -C` (a new
  * connection per transaction) running `select 1`, directly to the RDS-like server with a token
- * as password, and through the proxy without and with `prewarm`. The proxy runs in this process
- * (like the token verifier), so the numbers compare the three paths on the same machine, not
+ * as password, and through the proxy without and with `prewarm`. The proxy runs as users run
+ * it: its own process, the shipped single-file build with the image's node flags, on a given
+ * Node runtime (bench/proxy.ts). The numbers compare the three paths on the same machine, not
  * absolute RDS latencies. `verifierDelayMs` makes the database's token check slow.
  *
  * Method: connects are spaced (`pgbench -R`, see connectRate) so that each client arrives when
@@ -13,24 +14,28 @@
  *
  * MySQL: the same three paths with bench/myconnect, a C client (mysqlConnectMs).
  *
- * Run alone: `npm run build && node dist/bench/prewarm.js [transactions] [verifierDelayMs] [postgres|mysql]`.
+ * Run alone: `npm run build && npm run bundle -- --outfile=bench/.cache/cli.js && node
+ * dist/bench/prewarm.js [transactions] [verifierDelayMs] [postgres|mysql] [node binary]`.
  */
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startProxy } from '../src/app';
-import { validateConfig } from '../src/config/load';
-import { IamTokenMinter } from '../src/credentials/tokens';
-import { createLogger } from '../src/log';
 import { startRdsLikeMariaDb } from '../test/harness/mariadb';
 import { startRdsLikePostgres } from '../test/harness/pg';
-import { testCredentials } from '../test/harness/proxy';
 import { signToken, TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY } from '../test/harness/sign';
 import { buildTool } from './far';
+import { type ListenerSpec, startProxyProcess } from './proxy';
 import { runProgram } from './util';
+
+/** A Node runtime the proxy process runs on. */
+export interface PrewarmRuntime {
+  label: string;
+  node: string;
+}
 
 /** Mean connection time per path, milliseconds, as pgbench reports it. */
 export interface PrewarmConnectResult {
+  runtime: string;
   transactions: number;
   verifierDelayMs: number;
   directMs: number;
@@ -69,36 +74,45 @@ interface BenchDb {
 type ConnectTo = { direct: true; token: string } | { direct: false; port: number };
 
 /**
- * The three paths for one engine: the proxy runs in this process with a `cold` listener and a
- * `warm` one (prewarm, 4 ready sessions, enough that refills keep up with the spaced connects) in
- * front of `db`; once the pool is full, 8 clients teach the key the client's startup and the pool
- * refills; then `transactions` connects each go direct, through `cold` and through `warm`.
- * `connect` runs the engine's client and resolves with its mean connect time, ms.
+ * The three paths for one engine: a proxy process on `runtime` with a `cold` listener and a
+ * `warm` one (prewarm, 4 ready sessions, enough that refills keep up with the spaced connects)
+ * in front of `db`, logging at warn; once the pool is full, 8 clients teach the key the client's
+ * startup and the pool refills; then `transactions` connects each go direct, through `cold` and
+ * through `warm`. `connect` runs the engine's client and resolves with its mean connect time, ms.
  */
 async function measurePaths(
   engine: 'postgres' | 'mysql',
   db: BenchDb,
+  runtime: PrewarmRuntime,
   transactions: number,
   verifierDelayMs: number,
   connect: (to: ConnectTo, n: number, rate: number) => Promise<number>,
 ): Promise<PrewarmConnectResult> {
   db.verifier.delayMs = verifierDelayMs;
-  const upstream = { host: db.host, port: db.port, address: db.address, tls: { ca: db.caFile } };
-  const listener = { engine, listen: '127.0.0.1:0', upstream, client: { tls: 'off' } };
-  const config = validateConfig({
-    log: { level: 'warn', format: 'json' },
-    listeners: [
-      { name: 'cold', ...listener },
-      { name: 'warm', ...listener, prewarm: { size: 4, keys: [{ user: 'alice', database: 'appdb' }] } },
-    ],
+  const upstream = { host: db.host, port: db.port, address: db.address, caFile: db.caFile };
+  const listener = (name: string): ListenerSpec => ({
+    name,
+    engine,
+    upstream,
+    auth: { mode: 'iam', region: db.region },
   });
-  const log = createLogger({ level: 'warn', format: 'json', destination: process.stderr });
-  const app = await startProxy(config, { log, minter: new IamTokenMinter(testCredentials()) });
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'bench-prewarm-proxy-'));
+  const proxy = await startProxyProcess({
+    name: `prewarm-${engine}`,
+    dir,
+    logLevel: 'warn',
+    node: runtime.node,
+    listeners: [
+      listener('cold'),
+      { ...listener('warm'), prewarm: { size: 4, keys: [{ user: 'alice', database: 'appdb' }] } },
+    ],
+    env: { AWS_ACCESS_KEY_ID: TEST_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: TEST_SECRET_ACCESS_KEY },
+  });
   try {
     const local = (name: string): ConnectTo => {
-      const l = app.listeners.find((x) => x.name === name);
-      if (!l) throw new Error(`no listener ${name}`);
-      return { direct: false, port: l.port() };
+      const port = proxy.ports[name];
+      if (port === undefined) throw new Error(`no listener ${name}`);
+      return { direct: false, port };
     };
     const token = signToken({
       host: db.host,
@@ -119,6 +133,7 @@ async function measurePaths(
     const proxyMs = await connect(local('cold'), transactions, rate);
     const prewarmMs = await connect(local('warm'), transactions, rate);
     return {
+      runtime: runtime.label,
       transactions,
       verifierDelayMs,
       directMs,
@@ -127,12 +142,14 @@ async function measurePaths(
       ratio: Math.round((prewarmMs / directMs) * 1000) / 1000,
     };
   } finally {
-    await app.close();
+    await proxy.stop();
+    await fs.rm(dir, { recursive: true, force: true });
   }
 }
 
 /** Postgres: `pgbench -n -C -R` running `select 1`; `transactions` new connections per path. */
 export async function benchPrewarmConnect(
+  runtime: PrewarmRuntime,
   transactions = 50,
   verifierDelayMs = 0,
 ): Promise<PrewarmConnectResult> {
@@ -141,7 +158,7 @@ export async function benchPrewarmConnect(
   await fs.writeFile(script, 'select 1;\n');
   const db = await startRdsLikePostgres({ users: ['alice'] });
   try {
-    return await measurePaths('postgres', db, transactions, verifierDelayMs, (to, n, rate) =>
+    return await measurePaths('postgres', db, runtime, transactions, verifierDelayMs, (to, n, rate) =>
       to.direct
         ? pgbenchConnectMs(
             `host=127.0.0.1 port=${db.port} user=alice dbname=appdb sslmode=require`,
@@ -194,13 +211,14 @@ async function mysqlConnectMs(t: MyTarget, n: number, rate: number): Promise<num
 
 /** MySQL: the same three paths with bench/myconnect (mysqlConnectMs). */
 export async function benchPrewarmConnectMysql(
+  runtime: PrewarmRuntime,
   transactions = 50,
   verifierDelayMs = 0,
 ): Promise<PrewarmConnectResult> {
   const db = await startRdsLikeMariaDb({ users: ['alice'] });
   const login = { user: 'alice', database: 'appdb' };
   try {
-    return await measurePaths('mysql', db, transactions, verifierDelayMs, (to, n, rate) =>
+    return await measurePaths('mysql', db, runtime, transactions, verifierDelayMs, (to, n, rate) =>
       mysqlConnectMs(
         to.direct
           ? { ...login, address: db.address, port: db.port, password: to.token, caFile: db.caFile }
@@ -222,32 +240,42 @@ export interface PrewarmTarget {
   ok: boolean;
 }
 
-/** The issue's target per engine, measured with token-check delays of 0 and 150 ms. */
-export async function prewarmTargets(): Promise<PrewarmTarget[]> {
+/**
+ * The issue's target per engine and Node runtime (the proxy process's), measured with
+ * token-check delays of 0 and 150 ms.
+ */
+export async function prewarmTargets(runtimes: PrewarmRuntime[]): Promise<PrewarmTarget[]> {
   const row = (engine: string, how: string, runs: PrewarmConnectResult[]): PrewarmTarget => ({
-    measure: `connect with prewarm vs direct IAM, ${engine} (${how}, ${runs.map((r) => connectRate(r.verifierDelayMs)).join('/')} per s)`,
+    measure: `connect with prewarm vs direct IAM, ${engine}, proxy on ${runs[0]?.runtime ?? '?'} (${how}, ${runs.map((r) => connectRate(r.verifierDelayMs)).join('/')} per s)`,
     target: '<= 0.2x',
     result: runs
       .map(
         (r) =>
-          `check ${r.verifierDelayMs} ms: ${r.prewarmMs.toFixed(1)} vs ${r.directMs.toFixed(1)} ms = ${r.ratio.toFixed(2)}x`,
+          `check ${r.verifierDelayMs} ms: ${r.prewarmMs.toFixed(2)} vs ${r.directMs.toFixed(1)} ms = ${r.ratio.toFixed(2)}x`,
       )
       .join('; '),
     ok: runs.every((r) => r.ratio <= 0.2),
   });
-  return [
-    row('Postgres', 'pgbench -C -R', [await benchPrewarmConnect(50, 0), await benchPrewarmConnect(30, 150)]),
-    row('MySQL', 'myconnect -R', [
-      await benchPrewarmConnectMysql(50, 0),
-      await benchPrewarmConnectMysql(30, 150),
-    ]),
-  ];
+  const rows: PrewarmTarget[] = [];
+  for (const rt of runtimes)
+    rows.push(
+      row('Postgres', 'pgbench -C -R', [
+        await benchPrewarmConnect(rt, 50, 0),
+        await benchPrewarmConnect(rt, 30, 150),
+      ]),
+      row('MySQL', 'myconnect -R', [
+        await benchPrewarmConnectMysql(rt, 50, 0),
+        await benchPrewarmConnectMysql(rt, 30, 150),
+      ]),
+    );
+  return rows;
 }
 
 if (require.main === module) {
   const [t, d] = process.argv.slice(2, 4).map(Number);
   const run = process.argv[4] === 'mysql' ? benchPrewarmConnectMysql : benchPrewarmConnect;
-  run(t || 50, d || 0).then(
+  const node = process.argv[5] ?? process.execPath;
+  run({ label: node, node }, t || 50, d || 0).then(
     (r) => {
       console.log(JSON.stringify(r));
       process.exit(0);

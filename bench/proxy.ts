@@ -15,6 +15,8 @@ export interface ListenerSpec {
   auth: { mode: 'password'; passwordEnv: string } | { mode: 'iam'; region: string };
   /** client.tls: off (default: plaintext local clients) or auto (generated local CA and leaf). */
   clientTls?: 'off' | 'auto';
+  /** listeners[].prewarm, as in the config. */
+  prewarm?: { size: number; keys: { user: string; database?: string }[] };
 }
 
 export interface ProxyProcess extends Daemon {
@@ -95,6 +97,7 @@ export async function startProxyProcess(o: {
           ? { mode: 'password', password: { env: l.auth.passwordEnv } }
           : { mode: 'iam', region: l.auth.region },
       client: { tls: l.clientTls ?? 'off', auth: 'trust' },
+      ...(l.prewarm ? { prewarm: l.prewarm } : {}),
     })),
   };
   const configFile = path.join(o.dir, `${o.name}.yaml`);
@@ -114,10 +117,12 @@ export async function startProxyProcess(o: {
   const d = startDaemon(cmd ?? 'node', args, path.join(o.dir, `${o.name}.log`), {
     env: childEnv(o.env ?? {}),
   });
-  const listening = listeningLines(d, o.listeners.length, t0);
+  // At a level above info there are no 'listening' lines: start-up then ends when every port accepts.
+  const quiet = o.logLevel !== undefined && !['trace', 'debug', 'info'].includes(o.logLevel);
+  const listening = quiet ? undefined : listeningLines(d, o.listeners.length, t0);
   try {
     for (const port of Object.values(ports)) await waitForPort(port, d.exited);
-    const startMs = await Promise.race([listening, d.exited]);
+    const startMs = listening ? await Promise.race([listening, d.exited]) : performance.now() - t0;
     return { ...d, ports, configFile, startMs, spawnedAt: t0 };
   } catch (err) {
     await d.stop(0);

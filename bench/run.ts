@@ -736,12 +736,13 @@ async function main(): Promise<void> {
   await ensurePackages();
   progress('building the Go relays (bench/gorelay, bench/delayrelay) into bench/.cache');
   const [goRelayBin, delayBin] = [await buildTool('gorelay'), await buildTool('delayrelay')];
-  const node24 = SKIP.has('memory')
-    ? undefined
-    : await ensureNode24().catch((err: Error) => {
-        progress(`Node 24 not available: ${err.message}`);
-        return undefined;
-      });
+  const node24 =
+    SKIP.has('memory') && SKIP.has('prewarm')
+      ? undefined
+      : await ensureNode24().catch((err: Error) => {
+          progress(`Node 24 not available: ${err.message}`);
+          return undefined;
+        });
   const where = await machine(node24);
   const busyBefore = await machineBusy();
   const dir = await workDir();
@@ -877,9 +878,13 @@ async function main(): Promise<void> {
       );
   } else notMeasured('MySQL CPU per transaction', "<= 1.1x Postgres's", 'BENCH_SKIP');
 
-  if (!SKIP.has('prewarm'))
-    for (const r of await prewarmTargets()) addTarget(r.measure, r.target, r.result, r.ok);
-  else notMeasured('connect with prewarm vs direct IAM', '<= 0.2x', 'BENCH_SKIP');
+  if (!SKIP.has('prewarm')) {
+    const runtimes = [{ label: `Node ${process.versions.node.split('.')[0]}`, node: process.execPath }];
+    if (node24) runtimes.push({ label: 'Node 24', node: node24 });
+    for (const r of await prewarmTargets(runtimes)) addTarget(r.measure, r.target, r.result, r.ok);
+    if (!node24)
+      notMeasured('connect with prewarm, proxy on Node 24', '<= 0.2x', 'Node 24 could not be fetched');
+  } else notMeasured('connect with prewarm vs direct IAM', '<= 0.2x', 'BENCH_SKIP');
 
   if (!SKIP.has('memory')) {
     const fake = await startFakeUpstream(dir, up.ca, up.caFile);

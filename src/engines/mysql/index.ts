@@ -30,7 +30,6 @@ import {
 import { peerAddress, type UpstreamProbe } from '../../proxy/engine';
 import { EngineHandshake, elapsedMs, endWith } from '../../proxy/handshake';
 import { Slots } from '../../proxy/limits';
-import { untilAborted } from '../../abort';
 import type { PrewarmMiss } from '../../proxy/observer';
 import type { WarmKey } from '../../proxy/prewarm';
 import { LocalUsers, makeScramble } from './auth';
@@ -238,7 +237,7 @@ class MysqlHandshake extends EngineHandshake {
     // dialing so that a queued client holds no server connection.
     const warm = this.reserved;
     let up: OpenUpstream | undefined;
-    let client: { response: HandshakeResponse; secure: boolean };
+    let client: { response: HandshakeResponse };
     let scramble: Buffer;
     if (warm) {
       scramble = warm.session.hello.scramble;
@@ -286,7 +285,7 @@ class MysqlHandshake extends EngineHandshake {
         clientScramble: scramble,
         serverGreeting: login.up.greeting,
         charset: client.response.charset,
-        secureClient: client.secure,
+        secureClient: this.secureClient(),
         compressed,
       },
       this.info,
@@ -382,28 +381,32 @@ class MysqlHandshake extends EngineHandshake {
    * After the greeting (the server's mirrored one with the proxy's `scramble`): reads the
    * client's HandshakeResponse41 (after local TLS if asked) and checks its local password.
    */
-  private async readClient(scramble: Buffer): Promise<{ response: HandshakeResponse; secure: boolean }> {
+  private async readClient(scramble: Buffer): Promise<{ response: HandshakeResponse }> {
     const e = this.engine;
     const t0 = performance.now();
     const secureContext = e.options.secureContext;
     const ms = e.options.listener.greetingTimeoutMs;
-    const answered = new AbortController();
-    const timer = setTimeout(
-      () =>
-        answered.abort(
-          new ProxyError(
-            ErrorCode.HandshakeTimeout,
-            `the client did not answer the greeting within ${ms} ms`,
-            {
-              hint: 'greetingTimeoutMs bounds how long an idle client holds an upstream connection',
-            },
+    // A race with a timer, not a second AbortController: an abort listener on a fresh signal is
+    // costly on the hand-out path (src/abort.ts); the read left behind ends with the handshake.
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new ProxyError(
+              ErrorCode.HandshakeTimeout,
+              `the client did not answer the greeting within ${ms} ms`,
+              {
+                hint: 'greetingTimeoutMs bounds how long an idle client holds an upstream connection',
+              },
+            ),
           ),
-        ),
-      ms,
-    );
+        ms,
+      );
+    });
     let response: HandshakeResponse;
     try {
-      response = await untilAborted(readClientResponse(this.leg, secureContext), answered.signal);
+      response = await Promise.race([readClientResponse(this.leg, secureContext), late]);
     } finally {
       clearTimeout(timer);
     }
@@ -431,11 +434,10 @@ class MysqlHandshake extends EngineHandshake {
         },
       );
     }
-    const secure = this.leg.tls || this.client.remoteAddress === undefined;
-    if (e.users) await authenticateClient(this.leg, response, e.users, scramble, secure);
+    if (e.users) await authenticateClient(this.leg, response, e.users, scramble, this.secureClient());
     this.leg.state = ClientState.Waiting;
     this.timings.downstreamMs = elapsedMs(t0);
-    return { response, secure };
+    return { response };
   }
 
   /**
@@ -467,6 +469,15 @@ class MysqlHandshake extends EngineHandshake {
         throw err;
       }
     });
+  }
+
+  /**
+   * Whether a cleartext password from the client stays private: local TLS or a unix socket
+   * (which has no remote address). Asked only where a password is checked (getpeername is a
+   * system call the hand-out path does without).
+   */
+  private secureClient(): boolean {
+    return this.leg.tls || this.client.remoteAddress === undefined;
   }
 
   /** The client's program name (connection attributes) for the log, once its response is read. */
