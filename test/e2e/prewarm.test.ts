@@ -364,34 +364,50 @@ describe('MySQL', () => {
   beforeAll(async () => {
     my = await startRdsLikeMariaDb({ users: ['alice', 'bob'] });
     const upstream = { host: my.host, port: my.port, address: my.address, tls: { ca: my.caFile } };
-    mp = await startTestProxy({
-      listeners: [
-        {
-          name: 'mywarm',
-          engine: 'mysql',
-          listen: '127.0.0.1:0',
-          upstream,
-          client: { tls: 'off' },
-          prewarm: { size: 2, keys: [{ user: 'alice' }] },
-        },
-        {
-          name: 'mykeys',
-          engine: 'mysql',
-          listen: '127.0.0.1:0',
-          upstream,
-          client: { tls: 'off' },
-          prewarm: { size: 1, keys: [{ user: 'alice' }, { user: 'bob' }] },
-        },
-      ],
-    });
+    mp = await startTestProxy(
+      {
+        listeners: [
+          {
+            name: 'mywarm',
+            engine: 'mysql',
+            listen: '127.0.0.1:0',
+            upstream,
+            client: { tls: 'off' },
+            prewarm: { size: 2, keys: [{ user: 'alice' }] },
+          },
+          {
+            name: 'mykeys',
+            engine: 'mysql',
+            listen: '127.0.0.1:0',
+            upstream,
+            client: { tls: 'off' },
+            prewarm: { size: 1, keys: [{ user: 'alice' }, { user: 'bob' }] },
+          },
+          {
+            name: 'myauth',
+            engine: 'mysql',
+            listen: '127.0.0.1:0',
+            upstream,
+            client: {
+              tls: 'off',
+              auth: 'password',
+              users: [{ name: 'alice', password: { env: 'ALICE_PW' } }],
+            },
+            prewarm: { size: 1, keys: [{ user: 'alice' }] },
+          },
+        ],
+      },
+      { env: { ...process.env, ALICE_PW: 'alice-local' } },
+    );
     // The first client of each key teaches it mysql2's capabilities; sessions logged in with the
     // initial profile are replaced.
     for (const [listener, user] of [
       ['mywarm', 'alice'],
       ['mykeys', 'alice'],
       ['mykeys', 'bob'],
+      ['myauth', 'alice'],
     ] as const) {
-      const c = await connectMy({ port: mp.port(listener), user });
+      const c = await connectMy({ port: mp.port(listener), user, password: 'alice-local' });
       await c.end();
     }
     await untilReady('mywarm', KEY, 2);
@@ -491,6 +507,23 @@ describe('MySQL', () => {
     expect(await metric('rds_iam_proxy_prewarm_handouts_total', { listener: 'mykeys', key: 'alice/' })).toBe(
       handouts + 1,
     );
+  });
+
+  test('client.auth password: the greeting sent on accept carries the scramble the password is checked against', async () => {
+    await untilReady('myauth', KEY, 1);
+    const from = mp.logs.length;
+    const c = await connectMy({ port: mp.port('myauth'), password: 'alice-local' });
+    try {
+      const [rows] = await c.query<mysql.RowDataPacket[]>('SELECT CONNECTION_ID() AS id, DATABASE() AS db');
+      expect(rows[0]).toEqual({ id: c.threadId, db: 'otherdb' });
+    } finally {
+      await c.end();
+    }
+    expect(loggedIn(from)).toEqual([expect.objectContaining({ prewarmed: true, listener: 'myauth' })]);
+    await untilReady('myauth', KEY, 1);
+    await expect(connectMy({ port: mp.port('myauth'), password: 'wrong' })).rejects.toMatchObject({
+      errno: 1045,
+    });
   });
 
   test('a client with other capability flags gets a fresh login', async () => {
