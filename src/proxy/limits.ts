@@ -224,9 +224,16 @@ export class Slots {
 
   constructor(private readonly size: number) {}
 
+  /** A release function if a slot is free now (nobody waiting), else undefined. */
+  tryAcquire(): (() => void) | undefined {
+    if (this.held >= this.size || this.waiting.length > 0) return undefined;
+    this.held++;
+    return this.releaser();
+  }
+
   /**
-   * Resolves with a release function once a slot is free; call it exactly once. Rejects with
-   * the signal's reason if it aborts first (the place in line is given up).
+   * Resolves with a release function once a slot is free; call it at least once (later calls do
+   * nothing). Rejects with the signal's reason if it aborts first (the place in line is given up).
    */
   acquire(signal: AbortSignal): Promise<() => void> {
     signal.throwIfAborted();

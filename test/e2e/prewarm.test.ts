@@ -2,6 +2,7 @@
  * Pre-warmed upstream logins (listeners[].prewarm) end to end: real clients (node-postgres,
  * psql) through the proxy to an RDS-like PostgreSQL whose token verifier counts every login.
  */
+import net from 'node:net';
 import mysql from 'mysql2/promise';
 import { Client, Pool } from 'pg';
 import { registry } from '../../src/admin/metrics';
@@ -395,6 +396,15 @@ describe('MySQL', () => {
             },
             prewarm: { size: 1, keys: [{ user: 'alice' }] },
           },
+          {
+            name: 'mypending',
+            engine: 'mysql',
+            listen: '127.0.0.1:0',
+            upstream,
+            client: { tls: 'off' },
+            maxPendingHandshakes: 1,
+            prewarm: { size: 2, keys: [{ user: 'alice' }] },
+          },
         ],
       },
       { env: { ...process.env, ALICE_PW: 'alice-local' } },
@@ -524,6 +534,29 @@ describe('MySQL', () => {
     await expect(connectMy({ port: mp.port('myauth'), password: 'wrong' })).rejects.toMatchObject({
       errno: 1045,
     });
+  });
+
+  test('a client greeted from a warm session holds a pending-handshake slot until it answers', async () => {
+    await untilReady('mypending', KEY, 2);
+    const port = mp.port('mypending');
+    const greeted = (s: net.Socket): Promise<boolean> =>
+      new Promise((resolve) => {
+        const t = setTimeout(() => resolve(false), 500);
+        s.once('data', () => {
+          clearTimeout(t);
+          resolve(true);
+        });
+      });
+    const open = (): net.Socket => net.connect(port, '127.0.0.1').on('error', () => undefined);
+    const first = open();
+    expect(await greeted(first)).toBe(true);
+    // Two warm sessions are ready, but the one slot is held by a client that has not answered.
+    const second = open();
+    const later = new Promise<void>((resolve) => second.once('data', () => resolve()));
+    expect(await greeted(second)).toBe(false);
+    first.destroy();
+    await later; // greeted once the slot is free
+    second.destroy();
   });
 
   test('a client with other capability flags gets a fresh login', async () => {

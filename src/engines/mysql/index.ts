@@ -140,11 +140,18 @@ export class MysqlEngine extends EngineBase {
   readonly warm: MyPrewarm | undefined;
 
   /**
-   * With a warm session ready (listeners[].prewarm): reserves it and writes its greeting before
-   * anything else is set up for the connection, since the client can only answer after it.
+   * With a warm session ready (listeners[].prewarm) and a pending-handshake slot free now:
+   * reserves the session and writes its greeting before anything else is set up for the
+   * connection, since the client can only answer after it. Otherwise the handshake greets as
+   * usual, waiting for a slot first.
    */
   greet(client: net.Socket): Reservation | undefined {
-    return this.warm?.reserve((w) => client.write(w.hello.packet));
+    if (!this.warm) return undefined;
+    const release = this.pending.tryAcquire();
+    if (!release) return undefined;
+    const r = this.warm.reserve((w) => client.write(w.hello.packet), release);
+    if (!r) release();
+    return r;
   }
 
   accept(client: net.Socket, ctx: HandshakeContext): MysqlHandshake {
@@ -223,6 +230,8 @@ class MysqlHandshake extends EngineHandshake {
     this.reserved = ctx.greeted instanceof Reservation ? ctx.greeted : undefined;
     if (this.reserved) {
       this.own(this.reserved.session.up.leg);
+      // A handshake that fails before its client answers gives the slot back with the session.
+      this.own({ destroy: this.reserved.release });
       this.leg.greeted();
     }
   }
@@ -231,17 +240,20 @@ class MysqlHandshake extends EngineHandshake {
     const e = this.engine;
     const l = e.options.listener;
     const t0 = performance.now();
-    // A warm session (listeners[].prewarm) was reserved and its greeting sent on accept (see
-    // warm.ts); it is a server connection whether or not a client waits on it, so it takes no
-    // pending slot. Only a fresh login takes a login slot (limits.loginsPerSecond), before
-    // dialing so that a queued client holds no server connection.
+    // A warm session (listeners[].prewarm) was reserved and its greeting sent on accept, with a
+    // pending slot (see greet). Only a fresh login takes a login slot (limits.loginsPerSecond),
+    // before dialing so that a queued client holds no server connection.
     const warm = this.reserved;
     let up: OpenUpstream | undefined;
     let client: { response: HandshakeResponse };
     let scramble: Buffer;
     if (warm) {
       scramble = warm.session.hello.scramble;
-      client = await this.readClient(scramble);
+      try {
+        client = await this.readClient(scramble);
+      } finally {
+        warm.release();
+      }
     } else {
       await this.loginSlot();
       // An idle local socket must not hold a server connection each (max_connections): only

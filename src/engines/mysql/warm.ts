@@ -112,11 +112,16 @@ export interface WarmMy {
   hello: { scramble: Buffer; packet: Buffer };
 }
 
-/** A ready session taken for a client before it spoke, and its key (MysqlEngine.greet). */
+/**
+ * A ready session taken for a client before it spoke, its key, and the pending-handshake slot
+ * it holds until the client answers (MysqlEngine.greet).
+ */
 export class Reservation {
   constructor(
     readonly session: WarmMy,
     readonly key: WarmKey<MyProfile>,
+    /** Gives the slot back; idempotent. */
+    readonly release: () => void,
   ) {}
 }
 
@@ -153,12 +158,13 @@ export class MyPrewarm {
   }
 
   /**
-   * A ready session to greet the next client with (see the module comment), or undefined;
-   * `first` (the greeting's write) runs as soon as the session is chosen.
+   * A ready session to greet the next client with (see the module comment), holding the
+   * pending-handshake slot `release` gives back, or undefined; `first` (the greeting's write)
+   * runs as soon as the session is chosen.
    */
-  reserve(first: (w: WarmMy) => void): Reservation | undefined {
+  reserve(first: (w: WarmMy) => void, release: () => void): Reservation | undefined {
     const r = this.pool.reserve(first);
-    return r && new Reservation(r.session, r.key);
+    return r && new Reservation(r.session, r.key, release);
   }
 
   /**
