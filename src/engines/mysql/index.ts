@@ -245,12 +245,12 @@ class MysqlHandshake extends EngineHandshake {
     // before dialing so that a queued client holds no server connection.
     const warm = this.reserved;
     let up: OpenUpstream | undefined;
-    let client: { response: HandshakeResponse };
+    let response: HandshakeResponse;
     let scramble: Buffer;
     if (warm) {
       scramble = warm.session.hello.scramble;
       try {
-        client = await this.readClient(scramble);
+        response = await this.readClient(scramble);
       } finally {
         warm.release();
       }
@@ -263,22 +263,22 @@ class MysqlHandshake extends EngineHandshake {
         up = await this.openUpstream();
         scramble = makeScramble();
         this.leg.greet(clientGreeting(up.greeting, scramble, e.options.secureContext !== undefined));
-        client = await this.readClient(scramble);
+        response = await this.readClient(scramble);
       } finally {
         release();
       }
     }
-    const upstreamUser = l.upstream.user ?? client.response.user;
+    const upstreamUser = l.upstream.user ?? response.user;
     this.info.upstreamUser = upstreamUser;
-    const database = l.upstream.database ?? client.response.database;
-    let login = warm ? await this.takeWarm(warm.session, warm.key, client.response, database) : undefined;
+    const database = l.upstream.database ?? response.database;
+    let login = warm ? await this.takeWarm(warm.session, warm.key, response, database) : undefined;
     if (!login) {
-      if (!warm) e.warm?.missed(client.response.user);
+      if (!warm) e.warm?.missed(response.user);
       else {
         await this.loginSlot();
         up = await this.openUpstream();
       }
-      login = await this.loginUpstream(up as OpenUpstream, client.response, upstreamUser, database);
+      login = await this.loginUpstream(up as OpenUpstream, response, upstreamUser, database);
     }
     if (this.leg.reader.closed)
       throw new ProxyError(ErrorCode.ClientGone, 'client went away during the upstream login');
@@ -286,17 +286,17 @@ class MysqlHandshake extends EngineHandshake {
     // After the OK: the client waits for nothing the pool does, nor for what is only logged.
     this.describeClient();
     if (login.warm) this.noteWarm(login.warm.session, login.warm.key, login.warm.reserved);
-    e.warm?.learn(client.response);
+    e.warm?.learn(response);
 
     const compressed = (login.response.capabilities & Cap.COMPRESS) !== 0;
     const phase = new CommandPhase(
       e,
       {
-        clientCaps: client.response.capabilities,
+        clientCaps: response.capabilities,
         upstreamCaps: login.response.capabilities,
         clientScramble: scramble,
         serverGreeting: login.up.greeting,
-        charset: client.response.charset,
+        charset: response.charset,
         secureClient: this.secureClient(),
         compressed,
       },
@@ -393,7 +393,7 @@ class MysqlHandshake extends EngineHandshake {
    * After the greeting (the server's mirrored one with the proxy's `scramble`): reads the
    * client's HandshakeResponse41 (after local TLS if asked) and checks its local password.
    */
-  private async readClient(scramble: Buffer): Promise<{ response: HandshakeResponse }> {
+  private async readClient(scramble: Buffer): Promise<HandshakeResponse> {
     const e = this.engine;
     const t0 = performance.now();
     const secureContext = e.options.secureContext;
@@ -449,7 +449,7 @@ class MysqlHandshake extends EngineHandshake {
     if (e.users) await authenticateClient(this.leg, response, e.users, scramble, this.secureClient());
     this.leg.state = ClientState.Waiting;
     this.timings.downstreamMs = elapsedMs(t0);
-    return { response };
+    return response;
   }
 
   /**
