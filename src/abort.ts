@@ -23,25 +23,23 @@ export function onAbort(signal: AbortSignal | undefined, fn: (reason: unknown) =
     fn(signal.reason);
     return noop;
   }
-  let fns = waiting.get(signal);
-  if (!fns) {
-    const all = new Set<() => void>();
-    waiting.set(signal, all);
-    signal.addEventListener(
-      'abort',
-      () => {
-        waiting.delete(signal);
-        for (const f of all) f();
-        all.clear();
-      },
-      { once: true },
-    );
-    fns = all;
-  }
-  const set = fns;
+  const fns = waiting.get(signal) ?? listen(signal);
   const listener = (): void => fn(signal.reason);
-  set.add(listener);
-  return () => void set.delete(listener);
+  fns.add(listener);
+  return () => void fns.delete(listener);
+}
+
+/** The signal's one 'abort' listener, which calls every callback `onAbort` registered. */
+function listen(signal: AbortSignal): Set<() => void> {
+  const fns = new Set<() => void>();
+  waiting.set(signal, fns);
+  const fire = (): void => {
+    waiting.delete(signal);
+    for (const f of fns) f();
+    fns.clear();
+  };
+  signal.addEventListener('abort', fire, { once: true });
+  return fns;
 }
 
 /** Settles like `p`, or rejects with the signal's reason if it aborts first. */

@@ -424,9 +424,9 @@ export class PrewarmPool<S, P> {
     };
     r.unwatch = this.o.backend.watch(session, () => {
       if (!state.ready.includes(r)) {
-        // Handed out and not yet claimed: it is marked dead (the engine checks); the watch has
-        // stopped itself, the timer is all that is left.
-        if (this.unclaimed.delete(session)) clearTimeout(r.timer);
+        // Handed out and not yet claimed: it is marked dead (the engine checks it); the pool
+        // is done with it.
+        this.claim(session);
         return;
       }
       this.drop(state, r, 'closed');

@@ -11,6 +11,7 @@ import { startRdsLikeMariaDb, type RdsLikeMariaDb } from '../harness/mariadb';
 import { startRdsLikePostgres, type RdsLikePg } from '../harness/pg';
 import { LONG_SESSION_TOKEN, startTestProxy, type TestProxy } from '../harness/proxy';
 import { waitFor } from '../harness/util';
+import type { ConfigInput } from '../../src/config/schema';
 
 let db: RdsLikePg;
 let proxy: TestProxy;
@@ -365,46 +366,29 @@ describe('MySQL', () => {
   beforeAll(async () => {
     my = await startRdsLikeMariaDb({ users: ['alice', 'bob'] });
     const upstream = { host: my.host, port: my.port, address: my.address, tls: { ca: my.caFile } };
+    // Every listener: plaintext clients, prewarm for alice (and bob) with no database.
+    type ListenerInput = ConfigInput['listeners'][number];
+    const listener = (name: string, size: number, o: Partial<ListenerInput> = {}): ListenerInput => ({
+      name,
+      engine: 'mysql',
+      listen: '127.0.0.1:0',
+      upstream,
+      client: { tls: 'off' },
+      prewarm: { size, keys: [{ user: 'alice' }] },
+      ...o,
+    });
+    const localUsers: ListenerInput['client'] = {
+      tls: 'off',
+      auth: 'password',
+      users: [{ name: 'alice', password: { env: 'ALICE_PW' } }],
+    };
     mp = await startTestProxy(
       {
         listeners: [
-          {
-            name: 'mywarm',
-            engine: 'mysql',
-            listen: '127.0.0.1:0',
-            upstream,
-            client: { tls: 'off' },
-            prewarm: { size: 2, keys: [{ user: 'alice' }] },
-          },
-          {
-            name: 'mykeys',
-            engine: 'mysql',
-            listen: '127.0.0.1:0',
-            upstream,
-            client: { tls: 'off' },
-            prewarm: { size: 1, keys: [{ user: 'alice' }, { user: 'bob' }] },
-          },
-          {
-            name: 'myauth',
-            engine: 'mysql',
-            listen: '127.0.0.1:0',
-            upstream,
-            client: {
-              tls: 'off',
-              auth: 'password',
-              users: [{ name: 'alice', password: { env: 'ALICE_PW' } }],
-            },
-            prewarm: { size: 1, keys: [{ user: 'alice' }] },
-          },
-          {
-            name: 'mypending',
-            engine: 'mysql',
-            listen: '127.0.0.1:0',
-            upstream,
-            client: { tls: 'off' },
-            maxPendingHandshakes: 1,
-            prewarm: { size: 2, keys: [{ user: 'alice' }] },
-          },
+          listener('mywarm', 2),
+          listener('mykeys', 1, { prewarm: { size: 1, keys: [{ user: 'alice' }, { user: 'bob' }] } }),
+          listener('myauth', 1, { client: localUsers }),
+          listener('mypending', 2, { maxPendingHandshakes: 1 }),
         ],
       },
       { env: { ...process.env, ALICE_PW: 'alice-local' } },
